@@ -1,0 +1,219 @@
+"""Classification policies over an open_clip ``CLIP``: prompt tuning and image-encoder tuning.
+
+Both follow :class:`rlcf.DiscretePolicy`: ``logits(encode_query(images))`` with
+``logits = logit_scale.exp() * img @ txt^T`` on L2-normalised features.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PromptPolicy", "EncoderPolicy", "text_features_from_embeddings", "encode_texts",
+           "class_prompts"]
+
+
+def class_prompts(classnames: Sequence[str], template: str = "a photo of a {}.") -> list[str]:
+    """``template.format(name)`` with underscores in names replaced by spaces."""
+    if len(classnames) == 0:
+        raise ValueError("zero classes: a classification policy needs at least one class name")
+    return [template.format(n.replace("_", " ")) for n in classnames]
+
+
+def _eot_index(clip: nn.Module, tokens: Tensor) -> Tensor:
+    pool = getattr(clip, "text_pool_type", "argmax")
+    if pool != "argmax":
+        raise NotImplementedError(f"text_pool_type '{pool}' is not supported (OpenAI-style 'argmax' only)")
+    return tokens.argmax(dim=-1)
+
+
+def text_features_from_embeddings(clip: nn.Module, emb: Tensor, eot: Tensor, chunk: int | None = None) -> Tensor:
+    """Run the text tower of an open_clip ``CLIP`` on token embeddings.
+
+    The sequence may be truncated to any length ``L`` that covers every EOT position: with the
+    causal mask, a token's output depends only on the tokens before it, so the EOT feature is
+    unchanged by the padding after it.
+
+    Args:
+        clip: open_clip ``CLIP`` (built-in text tower).
+        emb: ``[N, L, W]`` token embeddings (``L <= context_length``).
+        eot: ``[N]`` EOT positions (< L).
+        chunk: process at most ``chunk`` sequences at a time (memory on 1000-class sets).
+    Returns:
+        ``[N, D]`` unnormalised text features.
+    """
+    n, length, _ = emb.shape
+    if chunk is not None and n > chunk:
+        return torch.cat([text_features_from_embeddings(clip, emb[i:i + chunk], eot[i:i + chunk])
+                          for i in range(0, n, chunk)])
+    cast = clip.transformer.get_cast_dtype()
+    mask = clip.attn_mask
+    if mask is None and length != clip.positional_embedding.shape[0]:
+        raise ValueError("truncating the text context needs a causal text tower")
+    x = emb.to(cast) + clip.positional_embedding[:length].to(cast)
+    x = clip.transformer(x, attn_mask=None if mask is None else mask[:length, :length])
+    x = clip.ln_final(x)
+    x = x[torch.arange(n, device=x.device), eot]
+    proj = clip.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    return x
+
+
+@torch.no_grad()
+def encode_texts(clip: nn.Module, tokens: Tensor, chunk: int | None = 256, truncate: bool = True) -> Tensor:
+    """Normalised text features ``[N, D]`` of token ids ``[N, context_length]`` (frozen tower)."""
+    tokens = tokens.to(clip.positional_embedding.device)
+    eot = _eot_index(clip, tokens)
+    length = int(eot.max()) + 1 if truncate and clip.attn_mask is not None else tokens.shape[1]
+    emb = clip.token_embedding(tokens[:, :length])
+    return F.normalize(text_features_from_embeddings(clip, emb, eot, chunk).float(), dim=-1)
+
+
+class _ClipPolicy(nn.Module):
+    query_trainable: bool = False
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+        clip.requires_grad_(False)
+
+    def encode_query(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` -> normalised image features ``[B, D]``."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be a float tensor (normalised pixels), got {images.dtype}")
+        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+
+    def class_features(self) -> Tensor:
+        raise NotImplementedError
+
+    def logits(self, q: Tensor) -> Tensor:
+        """``[B, D]`` normalised image features -> ``[B, C]`` logits."""
+        return self.clip.logit_scale.exp().float() * q.float() @ self.class_features().t()
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.logits(self.encode_query(images))
+
+
+class PromptPolicy(_ClipPolicy):
+    """CoOp-style learnable context (the prompt is the only trainable parameter).
+
+    Prompt of class c: ``[SOS] ctx_1 .. ctx_n {name_c}. [EOS]``, ctx initialised from the token
+    embeddings of ``ctx_init`` (``"a photo of a"``, n_ctx = 4) or N(0, 0.02) when ``ctx_init`` is
+    ``None``. The text tower runs only up to the longest prompt, in chunks of ``text_chunk``.
+
+    Args:
+        clip: open_clip ``CLIP`` (frozen).
+        classnames: C class names.
+        tokenizer: open_clip tokenizer.
+        n_ctx: context length when ``ctx_init`` is ``None``.
+        ctx_init: words initialising the context (their token count sets n_ctx).
+        text_chunk: classes per text-tower chunk (``None``: all at once).
+        truncate: run the text tower only up to the longest prompt (exact; see module docs).
+    """
+
+    query_trainable = False
+
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], tokenizer: Callable, n_ctx: int = 4,
+                 ctx_init: str | None = "a photo of a", text_chunk: int | None = None, truncate: bool = True) -> None:
+        super().__init__(clip)
+        width = clip.token_embedding.weight.shape[1]
+        device = clip.token_embedding.weight.device
+        with torch.no_grad():
+            if ctx_init:
+                ctx_init = ctx_init.replace("_", " ")
+                init_tok = tokenizer([ctx_init]).to(device)
+                n_ctx = int(_eot_index(clip, init_tok)[0]) - 1
+                ctx = clip.token_embedding(init_tok)[0, 1:1 + n_ctx].clone()
+                prefix_text = ctx_init
+            else:
+                ctx = torch.randn(n_ctx, width, device=device) * 0.02
+                prefix_text = " ".join(["X"] * n_ctx)
+        self.n_ctx, self.prompt_prefix, self.tokenizer = n_ctx, prefix_text, tokenizer
+        self.text_chunk, self.truncate = text_chunk, truncate
+        self.ctx = nn.Parameter(ctx.float())
+        self.set_classnames(classnames)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """(Re)build the frozen prefix/suffix token embeddings for a new class list."""
+        prompts = class_prompts(classnames, self.prompt_prefix + " {}.")
+        clip = self.clip
+        tokens = self.tokenizer(prompts).to(clip.token_embedding.weight.device)
+        eot = _eot_index(clip, tokens)
+        length = int(eot.max()) + 1 if self.truncate and clip.attn_mask is not None else tokens.shape[1]
+        with torch.no_grad():
+            emb = clip.token_embedding(tokens[:, :length])
+        self.classnames = list(classnames)
+        self.tokenized_prompts = tokens
+        self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)
+        self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)
+        self.register_buffer("eot", eot, persistent=False)
+
+    def load_coop(self, path: str) -> None:
+        """Load CoOp context vectors (``state_dict['ctx']`` or ``prompt_learner.ctx``) as the new initial ctx."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+        key = next((k for k in ("ctx", "prompt_learner.ctx") if k in sd), None)
+        if key is None:
+            raise KeyError(f"no 'ctx' or 'prompt_learner.ctx' in CoOp checkpoint '{path}' (keys: {list(sd)[:10]})")
+        ctx = sd[key]
+        if tuple(ctx.shape) != tuple(self.ctx.shape):
+            raise ValueError(f"CoOp ctx in '{path}' has shape {tuple(ctx.shape)}, policy expects {tuple(self.ctx.shape)}")
+        with torch.no_grad():
+            self.ctx.copy_(ctx)
+
+    def class_features(self) -> Tensor:
+        """Normalised class text features ``[C, D]`` (with grad through ``ctx``)."""
+        c = self.token_prefix.shape[0]
+        ctx = self.ctx.to(self.token_prefix.dtype).unsqueeze(0).expand(c, -1, -1)
+        emb = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+        return F.normalize(text_features_from_embeddings(self.clip, emb, self.eot, self.text_chunk).float(), dim=-1)
+
+
+class EncoderPolicy(_ClipPolicy):
+    """Image-encoder tuning: the visual tower trainable, class text features cached once.
+
+    Args:
+        clip: open_clip ``CLIP``.
+        classnames: C class names.
+        tokenizer: open_clip tokenizer.
+        template: class prompt template (official ``"a photo of a {}."``).
+        norm_only: train only the visual tower's normalisation layers (official ``--tune_norm``).
+    """
+
+    query_trainable = True
+
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], tokenizer: Callable,
+                 template: str = "a photo of a {}.", norm_only: bool = False) -> None:
+        super().__init__(clip)
+        self.tokenizer, self.template = tokenizer, template
+        if norm_only:
+            norms = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
+            for m in clip.visual.modules():
+                if isinstance(m, norms):
+                    m.requires_grad_(True)
+        else:
+            clip.visual.requires_grad_(True)
+        self.set_classnames(classnames)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        tokens = self.tokenizer(class_prompts(classnames, self.template))
+        self.classnames = list(classnames)
+        self.register_buffer("text_feats", encode_texts(self.clip, tokens), persistent=False)
+
+    def class_features(self) -> Tensor:
+        return self.text_feats
+
+    def train(self, mode: bool = True) -> "EncoderPolicy":
+        """Only the visual tower follows ``mode``; the frozen text side stays in eval."""
+        super().train(False)
+        self.clip.visual.train(mode)
+        self.training = mode
+        return self

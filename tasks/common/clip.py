@@ -1,0 +1,102 @@
+"""CLIP loading through open_clip: architecture names, ``pretrained`` tags, local checkpoints.
+
+``load_clip("ViT-B/16", "pretrained/clip/ViT-B-16.pt")`` loads an OpenAI ``.pt`` (TorchScript)
+file; ``load_clip("ViT-B-16", "openai")`` uses open_clip's tag (needs the network or open_clip's
+cache); ``load_clip("MyArch", "ckpt.pt", config_file="MyArch.json")`` registers an architecture
+JSON first. Missing files and unknown names raise errors that name them and list what exists.
+"""
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .data import MissingDataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle"]
+
+ClipBundle = tuple[nn.Module, Callable, Callable]
+
+_OPENAI_NAMES = {"ViT-L/14@336px": "ViT-L-14-336", "ViT-L-14@336px": "ViT-L-14-336"}
+
+
+def canonical_arch(name: str) -> str:
+    """OpenAI spelling (``ViT-B/16``, ``ViT-L/14@336px``) -> open_clip name (``ViT-B-16``)."""
+    return _OPENAI_NAMES.get(name, name.replace("/", "-"))
+
+
+def register_model_config(path: str | Path) -> str:
+    """Register an open_clip architecture JSON (file or folder of files); returns the file's stem."""
+    import open_clip
+
+    p = Path(path)
+    if not p.exists():
+        raise MissingDataError(f"model config '{p}' not found")
+    open_clip.add_model_config(p)
+    return p.stem
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def load_clip(name: str, pretrained: str | None = None, device: str | torch.device = "cpu",
+              config_file: str | Path | None = None, precision: str = "fp32") -> ClipBundle:
+    """Create an open_clip model, its eval preprocessing and tokenizer.
+
+    Args:
+        name: open_clip architecture (``ViT-B-16``) or OpenAI spelling (``ViT-B/16``).
+        pretrained: an open_clip tag (``openai``), a local checkpoint (state_dict / OpenAI
+            TorchScript ``.pt``), or ``None`` for random weights.
+        device: target device.
+        config_file: optional architecture JSON registered with open_clip before creation.
+        precision: ``fp32`` (default, as the official code), ``fp16``, ``bf16``, ``amp``...
+    Returns:
+        ``(model, preprocess, tokenizer)`` with the model in eval mode.
+    """
+    import open_clip
+
+    if config_file is not None:
+        register_model_config(config_file)
+    arch = canonical_arch(name)
+    if arch not in open_clip.list_models():
+        raise KeyError(f"unknown CLIP architecture '{name}'. Available: {', '.join(open_clip.list_models())}. "
+                       "Register your own with config_file=<arch>.json")
+    if pretrained is not None and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+                                   or "/" in pretrained or Path(pretrained).exists()):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise MissingDataError(
+                f"CLIP checkpoint '{path}' not found for architecture '{arch}'. Put the weights there "
+                f"(e.g. the OpenAI file {arch}.pt under pretrained/clip/, see pretrained/README.md) or pass "
+                f"an open_clip tag: {open_clip.list_pretrained_tags_by_model(arch) or 'none known'}")
+        if _is_torchscript(path):
+            logger.info("loading OpenAI TorchScript checkpoint %s", path)
+            model = open_clip.load_openai_model(str(path), precision=precision, device=device)
+            cfg = open_clip.get_model_config(arch) or {}
+            size = cfg.get("vision_cfg", {}).get("image_size", model.visual.image_size)
+            preprocess = open_clip.image_transform(size, is_train=False)
+            return model.eval(), preprocess, open_clip.get_tokenizer(arch)
+        pretrained = str(path)
+    elif pretrained is not None and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+        raise KeyError(f"unknown pretrained tag '{pretrained}' for '{arch}'. Known tags: "
+                       f"{open_clip.list_pretrained_tags_by_model(arch)}; or pass a local checkpoint path")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained, device=device, precision=precision)
+    except RuntimeError as e:
+        if pretrained is not None and not Path(pretrained).exists():
+            raise RuntimeError(
+                f"could not fetch weights '{pretrained}' for '{arch}' ({e}). Without network access, download "
+                f"the checkpoint elsewhere, put it under pretrained/clip/ and pass its path.") from e
+        raise
+    return model.eval(), preprocess, open_clip.get_tokenizer(arch)

@@ -1,0 +1,92 @@
+"""Dataset contract shared by every task.
+
+Every dataset of the toolkit (real benchmarks and the embedded world alike) is a
+``torch.utils.data.Dataset`` whose items are plain Python records, so that one runner can
+record, resume and shard any of them.
+
+Classification datasets subclass :class:`ImageListDataset`:
+
+* ``__getitem__(i)`` returns ``(image, label, i)`` where ``image`` is the transformed image
+  (a ``PIL.Image`` in RGB when ``transform`` is ``None``), ``label`` an ``int`` in
+  ``[0, len(classnames))`` and ``i`` the dataset index (the runner's sample id);
+* ``classnames`` is the list of class names, index = label;
+* ``sample_id(i)`` is a stable string (the file path relative to the root, or a world id)
+  that is written to the per-sample records.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageListDataset", "MissingDataError", "require_path"]
+
+
+class MissingDataError(FileNotFoundError):
+    """A dataset or checkpoint is not where the configuration says it is."""
+
+
+def require_path(path: str | Path, what: str, hint: str = "") -> Path:
+    """Return ``Path(path)`` or raise :class:`MissingDataError` naming ``what`` and ``hint``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        msg = f"{what} not found at '{p}'."
+        if hint:
+            msg += f" {hint}"
+        raise MissingDataError(msg)
+    return p
+
+
+class ImageListDataset(Dataset):
+    """Images given as a list of ``(path, label)`` pairs.
+
+    Args:
+        root: folder the paths are relative to (absolute paths are used as they are).
+        items: ``(path, label)`` pairs, in the dataset's canonical order.
+        classnames: class names, index = label.
+        transform: callable applied to the RGB ``PIL.Image`` (e.g. a view generator).
+        templates: prompt templates (``str.format`` with one ``{}`` or callables) for zero-shot text.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        items: Sequence[tuple[str, int]],
+        classnames: Sequence[str],
+        transform: Callable | None = None,
+        templates: Sequence[str | Callable[[str], str]] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.items = [(str(p), int(y)) for p, y in items]
+        self.classnames = list(classnames)
+        self.transform = transform
+        self.templates = list(templates) if templates is not None else ["a photo of a {}."]
+        bad = [y for _, y in self.items if not 0 <= y < len(self.classnames)]
+        if bad:
+            raise ValueError(f"labels {sorted(set(bad))[:5]} out of range for {len(self.classnames)} classes "
+                             f"in dataset at '{self.root}'")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path(self, i: int) -> Path:
+        p = Path(self.items[i][0])
+        return p if p.is_absolute() else self.root / p
+
+    def sample_id(self, i: int) -> str:
+        return self.items[i][0]
+
+    def load(self, i: int) -> Image.Image:
+        with Image.open(self.path(i)) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, i: int):
+        img = self.load(i)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.items[i][1], i
