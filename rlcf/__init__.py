@@ -9,7 +9,7 @@ from .engine import AdaptConfig, Flags, Method
 from .episodic import MomentumReset, Snapshot, restore, snapshot
 from .losses import marginal_entropy, reinforce_ce, reinforce_logprob, select_confident
 from .methods import create_method, get_method, list_methods, register_method
-from .policy import DiscretePolicy, Episode
+from .policy import DiscretePolicy, Episode, GenerativePolicy, is_generative
 from .reward import CLIPReward, EnsembleReward, clip_score
 from .sampling import sample_candidates, topk_candidates
 
@@ -20,5 +20,5 @@ __all__ = [
     "CLIPReward", "EnsembleReward", "clip_score", "compute_advantages", "list_baselines",
     "reinforce_ce", "reinforce_logprob", "marginal_entropy", "select_confident",
     "topk_candidates", "sample_candidates", "Snapshot", "snapshot", "restore", "MomentumReset",
-    "DiscretePolicy", "Episode",
+    "DiscretePolicy", "GenerativePolicy", "is_generative", "Episode",
 ]

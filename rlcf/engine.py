@@ -184,7 +184,7 @@ class Method(nn.Module):
             raise ValueError("sample has no views")
         return views.to(self.device)
 
-    def forward(self, views: Tensor) -> Tensor:
+    def forward(self, views: Tensor) -> Tensor | str:
         """Adapt on one sample and return its prediction (see class docstring)."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError("rlcf adaptation needs autograd: call it under torch.no_grad(), "
@@ -201,7 +201,7 @@ class Method(nn.Module):
         self.policy.eval()
         with self._autocast():
             pred = self.predict(ep)
-        if not ok or not torch.isfinite(pred).all():
+        if not ok or (isinstance(pred, Tensor) and not torch.isfinite(pred).all()):
             if Flags.NAN_FALLBACK not in info["flags"]:
                 info["flags"].append(Flags.NAN_FALLBACK)
             logger.warning("non-finite loss or prediction during '%s' adaptation: using the unadapted "

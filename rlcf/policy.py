@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .losses import select_confident
 
-__all__ = ["DiscretePolicy", "Episode"]
+__all__ = ["DiscretePolicy", "GenerativePolicy", "Episode", "is_generative"]
 
 
 @runtime_checkable
@@ -30,6 +30,30 @@ class DiscretePolicy(Protocol):
     def logits(self, q: Tensor) -> Tensor: ...
 
     def parameters(self, recurse: bool = True): ...
+
+
+@runtime_checkable
+class GenerativePolicy(Protocol):
+    """A policy whose candidates are generated sequences (captions).
+
+    ``encode_query`` maps the sample (e.g. the image ``[1, 3, H, W]``) to the frozen conditioning
+    (e.g. the CLIP prefix embedding ``[1, D]``), computed once per sample.
+    """
+
+    def encode_query(self, x: Tensor) -> Tensor: ...
+
+    def generate(self, q: Tensor, k: int) -> list[list[str]]:
+        """``B`` lists of ``k`` candidate texts (no grad; beam search or sampling)."""
+
+    def sequence_logprob(self, q: Tensor, texts: list[list[str]]) -> Tensor:
+        """``[B, K]`` differentiable log-probability score of each candidate (e.g. mean token log-prob)."""
+
+    def predict(self, q: Tensor) -> list[str]:
+        """Final output per query row (e.g. 5-beam caption)."""
+
+
+def is_generative(policy: object) -> bool:
+    return isinstance(policy, GenerativePolicy)
 
 
 class Episode:
@@ -88,8 +112,10 @@ class Episode:
         return p.logits(p.encode_query(self.views) if p.query_trainable else self.frozen_query)
 
     @torch.no_grad()
-    def predict(self) -> Tensor:
-        """Fresh no-grad forward of the clean view 0: logits ``[C]``."""
+    def predict(self) -> Tensor | str:
+        """Fresh no-grad forward of the clean view 0: logits ``[C]`` (or the generated text)."""
         p = self.policy
+        if is_generative(p):
+            return p.predict(self.frozen_query[:1])[0]
         q = p.encode_query(self.views[:1]) if p.query_trainable else self.frozen_query[:1]
         return p.logits(q)[0].float()
