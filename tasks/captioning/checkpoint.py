@@ -1,0 +1,213 @@
+"""Loading and saving captioners: OPT from a local folder, tiny word-level LMs, official checkpoints.
+
+Checkpoint format written by this toolkit (``torch.save`` of a dict, written atomically)::
+
+    {"format": "rlcf-captioner/1", "config": CaptionerConfig dict, "mapper": mapper state_dict,
+     "lm": {"path": "pretrained/opt-125m"}                        # frozen pretrained LM, or
+           {"config": OPTConfig dict, "state_dict": ..., "tokenizer": tokenizer JSON},  # embedded LM
+     ...training state (optimizer, scheduler, epoch, step, rng) for ckpt-latest.pt}
+
+Official RLCF checkpoints (``ckpt-latest.pt`` of ``clipcap_opt125m_transformer_coco_01.zip``:
+``{"state_dict": ClipCaptionPrefixV2 state}``) are converted on load: only the mapper
+(``clip_project.*``) is read; the LM comes from the local OPT folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from tasks.common.data import MissingDataError
+
+from .model import CaptionerConfig, PrefixCaptioner
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_pretrained_lm", "build_word_tokenizer", "tiny_opt", "convert_official_mapper",
+           "save_atomic", "captioner_state", "load_captioner", "OPT_HINT"]
+
+OPT_HINT = ("Download facebook/opt-125m once on a machine with network access, e.g. "
+            "`huggingface-cli download facebook/opt-125m --local-dir {path}` (or "
+            "`git clone https://huggingface.co/facebook/opt-125m {path}`), and copy the folder here.")
+
+
+def load_pretrained_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """``(OPTForCausalLM, tokenizer)`` from a local folder (never the network).
+
+    Raises:
+        MissingDataError: the folder or its ``config.json`` is missing (the message says how to get it).
+    """
+    from transformers import AutoTokenizer, OPTForCausalLM
+
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise MissingDataError(f"language model folder '{p}' not found (or has no config.json). "
+                               + OPT_HINT.format(path=p))
+    lm = OPTForCausalLM.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    return lm.eval(), tok
+
+
+def build_word_tokenizer(texts: Iterable[str]) -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` over the words of ``texts`` (lower-cased, punctuation
+    split off). Special tokens: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2 (BOS = EOS = ``</s>``, as OPT),
+    ``<unk>`` 3. Decoding joins words with spaces."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    words: set[str] = set()
+    for t in texts:
+        words.update(re.findall(r"\w+|[^\w\s]", t.lower()))
+    vocab = {w: i for i, w in enumerate(specials + sorted(words))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def tokenizer_from_json(text: str) -> Any:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(text), bos_token="</s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_opt(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 128,
+             max_positions: int = 128, seed: int | None = None) -> nn.Module:
+    """A randomly initialised small ``OPTForCausalLM`` (tests, embedded world)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, ffn_dim=ffn,
+                    num_attention_heads=heads, max_position_embeddings=max_positions, word_embed_proj_dim=hidden,
+                    pad_token_id=1, bos_token_id=2, eos_token_id=2, dropout=0.0, attention_dropout=0.0)
+    return OPTForCausalLM(cfg).eval()
+
+
+def convert_official_mapper(state_dict: dict[str, torch.Tensor], num_heads: int = 8) -> tuple[dict, dict]:
+    """Official RLCF / ClipCap ``clip_project.*`` weights -> this toolkit's mapper state and config fields.
+
+    The official attention has bias-free query and key/value projections (``to_queries``,
+    ``to_keys_values`` whose output rows are ``[keys ; values]``) and a biased ``project``;
+    ``nn.MultiheadAttention`` gets ``in_proj_weight = [W_q ; W_k ; W_v]`` and a zero ``in_proj_bias``,
+    which computes the same function.
+
+    Returns:
+        ``(mapper_state_dict, config_fields)`` with ``prefix_dim``, ``prefix_length``,
+        ``clip_length``, ``num_layers``, ``mapping_type`` inferred from the shapes.
+    """
+    sd = {k[len("clip_project."):]: v for k, v in state_dict.items() if k.startswith("clip_project.")}
+    if not sd:
+        raise KeyError("no 'clip_project.*' weights in this checkpoint: not an official ClipCap/RLCF captioner")
+    if "model.0.weight" in sd:  # MLP mapper: identical layout
+        out_dim = sd["model.2.weight"].shape[0]
+        return dict(sd), {"mapping_type": "mlp", "prefix_dim": int(sd["model.0.weight"].shape[1]),
+                          "_mlp_out": int(out_dim)}
+    dim = sd["prefix_const"].shape[1]
+    layers = sorted({int(m.group(1)) for k in sd if (m := re.match(r"transformer\.layers\.(\d+)\.", k))})
+    out: dict[str, torch.Tensor] = {"linear.weight": sd["linear.weight"], "linear.bias": sd["linear.bias"],
+                                    "prefix_const": sd["prefix_const"]}
+    for i in layers:
+        src, dst = f"transformer.layers.{i}.", f"transformer.layers.{i}."
+        wq, wkv = sd[src + "attn.to_queries.weight"], sd[src + "attn.to_keys_values.weight"]
+        out[dst + "self_attn.in_proj_weight"] = torch.cat([wq, wkv[:dim], wkv[dim:]], dim=0)
+        bq = sd.get(src + "attn.to_queries.bias", torch.zeros(dim, dtype=wq.dtype))
+        bkv = sd.get(src + "attn.to_keys_values.bias", torch.zeros(2 * dim, dtype=wq.dtype))
+        out[dst + "self_attn.in_proj_bias"] = torch.cat([bq, bkv])
+        out[dst + "self_attn.out_proj.weight"] = sd[src + "attn.project.weight"]
+        out[dst + "self_attn.out_proj.bias"] = sd[src + "attn.project.bias"]
+        for a, b in (("norm1", "norm1"), ("norm2", "norm2"), ("mlp.fc1", "linear1"), ("mlp.fc2", "linear2")):
+            out[dst + f"{b}.weight"] = sd[src + f"{a}.weight"]
+            out[dst + f"{b}.bias"] = sd[src + f"{a}.bias"]
+    fields = {"mapping_type": "transformer", "prefix_dim": int(sd["linear.weight"].shape[1]),
+              "prefix_length": int(sd["prefix_const"].shape[0]),
+              "clip_length": int(sd["linear.weight"].shape[0] // dim), "num_layers": len(layers),
+              "num_heads": num_heads}
+    if layers:
+        fields["mlp_ratio"] = sd[f"transformer.layers.{layers[0]}.mlp.fc1.weight"].shape[0] / dim
+    return out, fields
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def captioner_state(captioner: PrefixCaptioner, lm_path: str | Path | None = None) -> dict[str, Any]:
+    """The serialisable model part of a checkpoint (mapper; the LM by path or, if trained, by value)."""
+    state: dict[str, Any] = {"format": "rlcf-captioner/1", "config": captioner.config.to_dict(),
+                             "mapper": captioner.mapper.state_dict()}
+    if captioner.train_lm or lm_path is None:
+        tok = captioner.tokenizer
+        state["lm"] = {"config": captioner.lm.config.to_dict(), "state_dict": captioner.lm.state_dict(),
+                       "tokenizer": tok.backend_tokenizer.to_str() if hasattr(tok, "backend_tokenizer") else None}
+    else:
+        state["lm"] = {"path": str(lm_path)}
+    return state
+
+
+def load_captioner(path: str | Path, lm_path: str | Path | None = None, device: str | torch.device = "cpu",
+                   lm_dtype: torch.dtype = torch.float32, config: CaptionerConfig | None = None) -> PrefixCaptioner:
+    """Load a captioner from a toolkit or an official checkpoint; the LM is frozen.
+
+    Args:
+        path: checkpoint file (``ckpt-latest.pt`` of :mod:`tasks.captioning.train`, or official).
+        lm_path: local LM folder (``pretrained/opt-125m``); overrides the path stored in the checkpoint.
+        device: target device.
+        lm_dtype: LM weights dtype (official: float16 on GPU).
+        config: decoding/architecture overrides for official checkpoints (defaults: official values).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MissingDataError(f"captioner checkpoint '{p}' not found. Train one with scripts/train_clipcap_coco.sh "
+                               "(or train_capdec_coco.sh), or unzip the official release asset "
+                               "clipcap_opt125m_transformer_coco_01.zip / capdec_opt125m_transformer_coco_01.zip "
+                               "(github.com/mzhaoshuai/RLCF/releases/tag/0.0.1) into the output folder.")
+    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    if state.get("format", "").startswith("rlcf-captioner"):
+        cfg = CaptionerConfig.from_dict(state["config"])
+        lm_info = state["lm"]
+        if "state_dict" in lm_info:
+            from transformers import OPTConfig, OPTForCausalLM
+
+            lm = OPTForCausalLM(OPTConfig.from_dict(lm_info["config"]))
+            lm.load_state_dict(lm_info["state_dict"])
+            tok = tokenizer_from_json(lm_info["tokenizer"])
+        else:
+            lm, tok = load_pretrained_lm(lm_path or lm_info["path"], lm_dtype)
+        mapper_sd = state["mapper"]
+    else:
+        sd = state.get("state_dict", state)
+        mapper_sd, fields = convert_official_mapper(sd)
+        if lm_path is None:
+            raise ValueError("an official checkpoint needs lm_path (the local OPT folder, e.g. pretrained/opt-125m)")
+        lm, tok = load_pretrained_lm(lm_path, lm_dtype)
+        mlp_out = fields.pop("_mlp_out", None)
+        if mlp_out is not None:
+            fields["prefix_length"] = mlp_out // int(lm.get_input_embeddings().weight.shape[1])
+        cfg = CaptionerConfig.from_dict({**(config or CaptionerConfig()).to_dict(), **fields})
+        logger.info("converted official captioner %s (%s mapper, %d layers)", p, cfg.mapping_type, cfg.num_layers)
+    cap = PrefixCaptioner(cfg, lm, tok)
+    cap.mapper.load_state_dict(mapper_sd)
+    return cap.to(device).eval()

@@ -1,0 +1,60 @@
+"""Classification metrics over per-sample records: top-1/5, ECE, per-class accuracy, bootstrap CI."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["classification_metrics", "expected_calibration_error", "bootstrap_ci"]
+
+
+def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], n_bins: int = 15) -> float:
+    """ECE with ``n_bins`` equal-width confidence bins (Guo et al. 2017; C-TPT uses 15 bins).
+
+    ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|`` with bins ``(lo, hi]`` (the first includes 0).
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    corr = np.asarray(correct, dtype=np.float64)
+    if conf.size == 0:
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = ids == b
+        if m.any():
+            ece += m.mean() * abs(corr[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values``."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def classification_metrics(records: Sequence[dict], num_classes: int | None = None) -> dict:
+    """Metrics from records with ``label``, ``pred``, ``top5`` and ``confidence`` (percent for accuracies)."""
+    labels = np.array([r["label"] for r in records])
+    preds = np.array([r["pred"] for r in records])
+    correct = labels == preds
+    top5 = np.array([r["label"] in r["top5"] for r in records])
+    per_class = {}
+    for c in np.unique(labels):
+        per_class[int(c)] = float(correct[labels == c].mean() * 100)
+    lo, hi = bootstrap_ci(correct.astype(float) * 100)
+    out = {
+        "top1": float(correct.mean() * 100),
+        "top1_ci95_low": lo,
+        "top1_ci95_high": hi,
+        "top5": float(top5.mean() * 100),
+        "ece": float(expected_calibration_error([r["confidence"] for r in records], correct) * 100),
+        "mean_per_class": float(np.mean(list(per_class.values()))),
+        "per_class": per_class,
+        "nan_fallbacks": int(sum("nan_fallback" in r.get("flags", []) for r in records)),
+    }
+    return out

@@ -1,0 +1,162 @@
+"""Zero-shot classification with test-time adaptation, as a runner task.
+
+``ClassificationTask.from_config(cfg)`` loads the policy CLIP, the reward CLIP(s), the dataset and
+the views, and builds the method from the registry; the runner calls ``load`` (views, in workers)
+and ``process`` (adapt + predict) per sample.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+import rlcf
+from rlcf.engine import AdaptConfig
+
+from ..common.clip import load_clip
+from .metrics import classification_metrics
+from .policies import EncoderPolicy, PromptPolicy, class_prompts
+from .views import ViewTransform
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULTS", "ClassificationTask", "build_clip", "build_policy", "build_reward", "resolve_device"]
+
+DEFAULTS: dict[str, Any] = {
+    "method": "rlcf",
+    "policy": "prompt",                       # prompt | encoder
+    "model": {"arch": "ViT-B-16", "pretrained": "pretrained/clip/ViT-B-16.pt", "config_file": None},
+    "reward": {"arch": "ViT-L-14", "pretrained": "pretrained/clip/ViT-L-14.pt", "config_file": None,
+               "weight": 2.5, "ensemble": None},   # ensemble: list of {arch, pretrained, config_file, confidence}
+    "data": {"set_id": "A", "root": "data", "classnames": "openai", "templates": "single", "strict": True},
+    "views": {"n": 64, "augmix": None, "resolution": None},   # augmix None = official auto rule
+    "prompt": {"n_ctx": 4, "ctx_init": "a photo of a", "coop": None, "text_chunk": None},
+    "encoder": {"norm_only": False},
+    "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "extra"} | {"extra": {}},
+    "run": {"out_dir": "output/classification", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
+            "device": "auto", "save_logits": False, "allow_online_sharding": False},
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_clip(spec: dict, device: torch.device):
+    """``(model, preprocess, tokenizer)`` from a ``{arch, pretrained, config_file}`` spec.
+
+    ``arch: world:<policy|reward|filter>`` loads the embedded world's trained models.
+    """
+    if spec["arch"].startswith("world:"):
+        from ..world.models import load_world_clip
+
+        model, preprocess, tok = load_world_clip(spec["arch"].split(":", 1)[1], device=device)
+        return model, preprocess, tok
+    return load_clip(spec["arch"], spec.get("pretrained"), device=device, config_file=spec.get("config_file"))
+
+
+def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict):
+    if kind == "prompt":
+        p = cfg["prompt"]
+        policy = PromptPolicy(clip, classnames, tokenizer, n_ctx=p["n_ctx"], ctx_init=p["ctx_init"],
+                              text_chunk=p["text_chunk"])
+        if p["coop"]:
+            policy.load_coop(p["coop"])
+        return policy
+    if kind == "encoder":
+        return EncoderPolicy(clip, classnames, tokenizer, template=_template(cfg),
+                             norm_only=cfg["encoder"]["norm_only"])
+    raise ValueError(f"policy must be 'prompt' or 'encoder', got '{kind}'")
+
+
+def _template(cfg: dict) -> str:
+    return (cfg["prompt"]["ctx_init"] or "a photo of a").replace("_", " ") + " {}."
+
+
+def build_reward(cfg: dict, classnames, device: torch.device, resolution: int):
+    """CLIPReward (or EnsembleReward) with the class prompts cached once per dataset."""
+    r = cfg["reward"]
+    members = r["ensemble"] or [dict(r, confidence=1.0)]
+    rewards, confidences = [], []
+    for spec in members:
+        model, _, tok = build_clip(spec, device)
+        rewards.append(rlcf.CLIPReward(model, tok, weight=r["weight"], policy_resolution=resolution))
+        confidences.append(spec.get("confidence", 1.0))
+    reward = rewards[0] if len(rewards) == 1 else rlcf.EnsembleReward(rewards, confidences)
+    reward.set_candidates(class_prompts(classnames, _template(cfg)))
+    return reward
+
+
+def build_dataset_from_config(cfg: dict):
+    d = cfg["data"]
+    if d["set_id"].startswith("world/"):
+        from ..world.datasets import build_world_dataset
+
+        return build_world_dataset(d["set_id"].split("/", 1)[1], root=d["root"])
+    from .datasets import build_dataset
+
+    return build_dataset(d["set_id"], d["root"], classnames_source=d["classnames"], templates=d["templates"],
+                         strict=d["strict"])
+
+
+class ClassificationTask:
+    """Runner task: per sample, views -> ``method(views)`` -> logits of the clean view."""
+
+    def __init__(self, method: rlcf.Method, dataset, views: ViewTransform, seed: int = 0,
+                 save_logits: bool = False) -> None:
+        self.method, self.dataset, self.views = method, dataset, views
+        self.seed, self.save_logits = seed, save_logits
+        self.online = not method.episodic or method.config.momentum is not None
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ClassificationTask":
+        device = resolve_device(cfg["run"]["device"])
+        torch.manual_seed(cfg["run"]["seed"])   # random-weight models and sampling are reproducible
+        dataset = build_dataset_from_config(cfg)
+        clip, _, tok = build_clip(cfg["model"], device)
+        res = cfg["views"]["resolution"] or int(clip.visual.image_size[0])
+        mcls = rlcf.get_method(cfg["method"])
+        reward = build_reward(cfg, dataset.classnames, device, res) if mcls.needs_reward else None
+        policy = build_policy(cfg["policy"], clip, dataset.classnames, tok, cfg).to(device)
+        adapt = dict(cfg["adapt"])
+        method = rlcf.create_method(cfg["method"], policy, reward, AdaptConfig(**adapt))
+        v = cfg["views"]
+        augmix = v["augmix"]
+        if augmix is None:   # official: AugMix only for the fine-grained sets (multi-letter ids)
+            augmix = len(cfg["data"]["set_id"]) > 1 and not cfg["data"]["set_id"].startswith("world/")
+        views = ViewTransform(n_views=v["n"], resolution=res, mean=clip.visual.image_mean,
+                              std=clip.visual.image_std, augmix=bool(augmix))
+        return cls(method, dataset, views, seed=cfg["run"]["seed"], save_logits=cfg["run"]["save_logits"])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample_id(self, i: int) -> str:
+        return self.dataset.sample_id(i)
+
+    def load(self, i: int) -> tuple[torch.Tensor, int]:
+        """Views ``[V, 3, R, R]`` (seeded by the sample index) and the label."""
+        img = self.dataset.load(i)
+        return self.views(img, seed=self.seed * 1_000_003 + i), int(self.dataset.items[i][1])
+
+    def process(self, i: int, sample: tuple[torch.Tensor, int]) -> dict:
+        views, label = sample
+        with torch.no_grad():
+            logits = self.method(views)
+        probs = logits.float().softmax(-1)
+        top5 = torch.topk(logits, min(5, logits.shape[-1])).indices.tolist()
+        info = self.method.last_info
+        rec = {"label": label, "pred": top5[0], "top5": top5, "confidence": float(probs.max()),
+               "flags": info.get("flags", []), "losses": info.get("losses", [])}
+        if "mean_reward" in info:
+            rec["mean_reward"] = info["mean_reward"]
+        if self.save_logits:
+            rec["logits"] = [round(x, 5) for x in logits.tolist()]
+        return rec
+
+    def summarize(self, records: list[dict]) -> dict:
+        return classification_metrics(records, len(self.dataset.classnames))

@@ -1,0 +1,89 @@
+"""Run configuration: defaults in code, a YAML file of deltas, ``key.sub=value`` overrides.
+
+No global state: :func:`load_config` returns a fresh nested ``dict``. Overrides are parsed as
+YAML scalars (``adapt.lr=1e-5``, ``data.set_id=A``, ``adapt.amp=null``) and must name keys that
+exist in the defaults; a wrong key or a value of the wrong type is an error naming it.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+__all__ = ["load_config", "merge", "apply_overrides", "dump_config"]
+
+
+def merge(base: Mapping[str, Any], delta: Mapping[str, Any], path: str = "", strict: bool = True) -> dict:
+    """Deep-merge ``delta`` into a copy of ``base``; unknown keys raise ``KeyError`` when ``strict``."""
+    out = copy.deepcopy(dict(base))
+    for k, v in delta.items():
+        key = f"{path}{k}"
+        if k not in out:
+            if strict:
+                raise KeyError(f"unknown config key '{key}'; valid keys here: {sorted(out)}")
+            out[k] = copy.deepcopy(v)
+        elif isinstance(out[k], dict) and isinstance(v, Mapping) and not k.endswith("extra"):
+            out[k] = merge(out[k], v, key + ".", strict)
+        else:
+            out[k] = _check_type(key, out[k], copy.deepcopy(v))
+    return out
+
+
+def _check_type(key: str, old: Any, new: Any) -> Any:
+    if old is None or new is None or isinstance(old, (dict, list)):
+        return new
+    if isinstance(old, bool) != isinstance(new, bool):
+        raise TypeError(f"config '{key}' expects {type(old).__name__}, got {new!r}")
+    if isinstance(old, float) and isinstance(new, (int, str)) and not isinstance(new, bool):
+        try:
+            return float(new)   # YAML 1.1 reads "5e-3" as a string
+        except ValueError:
+            pass
+    if isinstance(old, (int, float, str)) and not isinstance(new, type(old)):
+        raise TypeError(f"config '{key}' expects {type(old).__name__}, got {new!r}")
+    return new
+
+
+def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``a.b=value`` strings (values parsed as YAML)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node, parts = cfg, key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise KeyError(f"unknown config key '{key}' (no section '{p}')")
+            node = node[p]
+        last = parts[-1]
+        if last not in node and not parts[-2:-1] == ["extra"]:
+            raise KeyError(f"unknown config key '{key}'; valid keys here: {sorted(node)}")
+        node[last] = _check_type(key, node.get(last), value)
+    return cfg
+
+
+def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
+                overrides: Sequence[str] = ()) -> dict:
+    """``defaults`` <- YAML file (may say ``base: other.yaml``, relative to it) <- overrides."""
+    cfg = copy.deepcopy(dict(defaults))
+    if path is not None:
+        cfg = merge(cfg, _read_yaml(Path(path)))
+    return apply_overrides(cfg, overrides)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file '{path}' not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("base", None)
+    if base is not None:
+        data = merge(_read_yaml(path.parent / base), data, strict=False)
+    return data
+
+
+def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(dict(cfg), sort_keys=False))

@@ -1,0 +1,212 @@
+"""The runner every task uses: resumable, shardable, per-sample records.
+
+A *task* provides::
+
+    len(task)                       # number of samples
+    task.sample_id(i) -> str        # stable id written to the records (file path, world id, ...)
+    task.load(i) -> sample          # runs in DataLoader workers (decoding, views); picklable
+    task.process(i, sample) -> dict # adaptation + prediction; JSON-serialisable record fields
+    task.summarize(records) -> dict # metrics over the records, in dataset order
+    task.online: bool               # True when state is carried across samples (stream order matters)
+
+Records go to ``<out_dir>/records-<rank>.jsonl``, one JSON line per sample, appended and flushed
+as soon as a sample is done. Killed at any moment, a rerun reads every ``records-*.jsonl`` in the
+folder, drops a truncated last line, skips the samples already recorded and continues; the merged
+result equals an uninterrupted run. Under ``torchrun`` each rank takes the disjoint shard
+``order[rank::world_size]``; rank 0 merges once every rank is done.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Task", "run", "read_records", "dist_info", "sample_order"]
+
+
+class Task(Protocol):
+    online: bool
+
+    def __len__(self) -> int: ...
+
+    def sample_id(self, i: int) -> str: ...
+
+    def load(self, i: int) -> Any: ...
+
+    def process(self, i: int, sample: Any) -> dict: ...
+
+    def summarize(self, records: list[dict]) -> dict: ...
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` from ``torch.distributed`` or torchrun's environment."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def sample_order(n: int, limit: int | None = None, shuffle_seed: int | None = None) -> list[int]:
+    """Dataset indices in processing order: sequential, or a seeded shuffle; first ``limit``."""
+    order = list(range(n))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    return order[:limit] if limit is not None else order
+
+
+def _repair(path: Path) -> None:
+    """Cut a partially written last line (the process was killed mid-write)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+        logger.warning("dropped a truncated last record in %s", path)
+
+
+def read_records(out_dir: str | Path) -> dict[int, dict]:
+    """Every complete record in ``out_dir/records-*.jsonl``, by sample index (first wins)."""
+    found: dict[int, dict] = {}
+    for path in sorted(Path(out_dir).glob("records-*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # truncated tail, repaired before the next append
+                rec = json.loads(line)
+                found.setdefault(int(rec["index"]), rec)
+    return found
+
+
+class _Loading(Dataset):
+    """Wraps ``task.load`` so that an unreadable sample becomes an error record, not a crash."""
+
+    def __init__(self, task: Task, indices: Sequence[int]) -> None:
+        self.task, self.indices = task, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple[int, Any, str | None]:
+        i = self.indices[j]
+        try:
+            return i, self.task.load(i), None
+        except Exception as e:  # noqa: BLE001 - recorded per sample, the run goes on
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _iterate(task: Task, indices: Sequence[int], workers: int) -> Iterator[tuple[int, Any, str | None]]:
+    ds = _Loading(task, indices)
+    if workers <= 0:
+        yield from (ds[j] for j in range(len(ds)))
+        return
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
+                        persistent_workers=False, prefetch_factor=2)
+    yield from loader
+
+
+def _peak_memory_mb(device: torch.device | None) -> float:
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = None,
+        shuffle_seed: int | None = None, allow_online_sharding: bool = False,
+        device: torch.device | None = None, desc: str = "samples", meta: dict | None = None) -> dict | None:
+    """Process every pending sample of ``task`` and return the summary (rank 0; ``None`` elsewhere).
+
+    Args:
+        task: the task (see module docstring).
+        out_dir: folder of the records, ``summary.json`` and ``summary.md``.
+        workers: DataLoader workers for ``task.load`` (0 = in-process).
+        limit: process only the first ``limit`` samples of the order.
+        shuffle_seed: process in a seeded random order (recorded in the summary), else dataset order.
+        allow_online_sharding: let an online task run sharded (each shard then has its own state).
+        device: for peak-memory accounting on CUDA.
+        meta: extra fields written to the summary (config, method, ...).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = dist_info()
+    if world > 1 and getattr(task, "online", False) and not allow_online_sharding:
+        raise RuntimeError("this method is online (state carried across the stream): sharding would change "
+                           "its results. Run it on one process, or set allow_online_sharding to accept "
+                           "one independent stream per shard")
+    order = sample_order(len(task), limit, shuffle_seed)
+    done = read_records(out)
+    shard = [i for i in order[rank::world] if i not in done]
+    logger.info("rank %d/%d: %d samples in shard, %d already recorded", rank, world,
+                len(order[rank::world]), len(order[rank::world]) - len(shard))
+    path = out / f"records-{rank}.jsonl"
+    _repair(path)
+    if device is not None and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with open(path, "a", encoding="utf-8") as f:
+        bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, disable=rank != 0, dynamic_ncols=True)
+        for i, sample, err in bar:
+            t0 = time.perf_counter()
+            rec: dict[str, Any] = {"index": i, "id": task.sample_id(i)}
+            if err is None:
+                try:
+                    rec.update(task.process(i, sample))
+                except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                    err = f"{type(e).__name__}: {e}"
+                    logger.debug("sample %d failed:\n%s", i, traceback.format_exc())
+            if err is not None:
+                rec["error"] = err
+                logger.warning("sample %d (%s): %s", i, rec["id"], err)
+            rec["time"] = time.perf_counter() - t0
+            rec["peak_mem_mb"] = round(_peak_memory_mb(device), 1)
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if rank != 0:
+        return None
+    return merge(task, out, order, meta=dict(meta or {}, world_size=world, shuffle_seed=shuffle_seed))
+
+
+def merge(task: Task, out_dir: str | Path, order: Sequence[int], meta: dict | None = None) -> dict:
+    """Summarise the recorded samples of ``order`` (in dataset order) to summary.json / .md."""
+    out = Path(out_dir)
+    found = read_records(out)
+    missing = [i for i in order if i not in found]
+    if missing:
+        raise RuntimeError(f"{len(missing)} samples are not recorded in {out} yet (e.g. {missing[:5]}): "
+                           "rerun the same command to finish them")
+    records = [found[i] for i in sorted(order)]
+    ok = [r for r in records if "error" not in r]
+    summary = {"n": len(records), "errors": len(records) - len(ok), **(meta or {})}
+    summary["metrics"] = task.summarize(ok) if ok else {}
+    times = sorted(r["time"] for r in records)
+    summary["time_per_sample_median"] = times[len(times) // 2] if times else None
+    summary["peak_mem_mb"] = max((r.get("peak_mem_mb", 0.0) for r in records), default=0.0)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(_markdown(summary))
+    return summary
+
+
+def _markdown(summary: dict) -> str:
+    rows = ["| metric | value |", "|---|---|"]
+    for k, v in summary.get("metrics", {}).items():
+        if isinstance(v, (int, float)):
+            rows.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    rows += [f"| samples | {summary['n']} |", f"| errors | {summary['errors']} |",
+             f"| median s/sample | {summary['time_per_sample_median'] or 0:.4f} |",
+             f"| peak memory (MB) | {summary['peak_mem_mb']:.0f} |"]
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,340 @@
+"""Procedural image-caption generator of the embedded world.
+
+Images are ``48 x 48`` RGB.  Why 48: at 32 px the small objects of 2- or 3-object scenes (about
+12 px across) lose the detail that separates e.g. a pentagon from a hexagon or a star, while at
+64 px a ViT with a useful patch grid (8 x 8) needs 8 px patches and the drawing / PNG / training
+cost grows by 1.8x.  With 6 px patches a 48 px image gives the same 64 tokens as the 32 px /
+4 px prototype of the feasibility note, so a ViT trains on 2 CPU cores in minutes.
+
+Every sample is a pure function of ``(seed, split key, index)``: its random stream is
+``numpy.random.default_rng([seed, crc32(key), index])``, so the same seed gives the same bytes,
+any single sample can be regenerated (tests re-render samples without their objects or without
+their corruption), and splits with different keys or seeds never share samples.
+
+Categories are shapes (:mod:`tasks.world.shapes`); attributes are fill colour, size, position,
+count, rotation and background colour; each image has several captions naming them.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from . import render as R
+from .shapes import CLASSNAMES, plural, shape_sdf
+
+__all__ = ["SceneRanges", "Sample", "make_sample", "STYLES", "HARDNESS", "sample_rng"]
+
+STYLES = ("photo", "sketch", "texture", "pixel", "cartoon", "palette")
+HARDNESS = ("clutter", "occlusion", "small", "lowcontrast", "rotation")
+_SIZE_RADIUS = {"small": (0.14, 0.20), "medium": (0.21, 0.29), "large": (0.30, 0.40)}  # x image size
+_MULTI_RADIUS = {2: (0.14, 0.22), 3: (0.13, 0.18)}
+_COUNT_WORD = {1: "a", 2: "two", 3: "three"}
+
+
+@dataclass(frozen=True)
+class SceneRanges:
+    """Parameter ranges of scene sampling (``v2`` shifts them slightly)."""
+    rotation_deg: float = 20.0
+    radius_scale: float = 1.0
+    aspect_jitter: float = 0.0
+    colour_jitter: float = 14.0
+    count_probs: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    shading: float = 30.0
+    bg_gradient: float = 20.0
+    noise: float = 3.0
+    min_contrast: float = 110.0
+
+
+@dataclass
+class Sample:
+    """One generated sample: ``image`` uint8 ``(H, W, 3)``, ``label``, ``captions``, ``meta``."""
+    image: np.ndarray
+    label: int
+    captions: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_rng(seed: int, key: str, index: int) -> np.random.Generator:
+    """The random stream of sample ``index`` of split ``key``."""
+    return np.random.default_rng([int(seed), zlib.crc32(key.encode()), int(index)])
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _position(cx: float, cy: float, size: int) -> str:
+    col = ("left", "center", "right")[min(2, int(3 * cx / size))]
+    row = ("top", "middle", "bottom")[min(2, int(3 * cy / size))]
+    if row == "middle":
+        return col
+    return row if col == "center" else f"{row} {col}"
+
+
+def _sample_scene(rng: np.random.Generator, ranges: SceneRanges, size: int, hard: tuple[str, ...]) -> dict:
+    label = int(rng.integers(len(CLASSNAMES)))
+    count = int(rng.choice([1, 2, 3], p=np.asarray(ranges.count_probs) / sum(ranges.count_probs)))
+    if "small" in hard:
+        count, size_word, rr = 1, "small", (0.12, 0.17)
+    elif count == 1:
+        size_word = str(rng.choice(["small", "medium", "large"]))
+        rr = _SIZE_RADIUS[size_word]
+    else:
+        size_word, rr = "small", _MULTI_RADIUS[count]
+    rot = 90.0 if "rotation" in hard else ranges.rotation_deg
+    objects: list[tuple[float, float, float, float, float]] = []
+    for _ in range(count):
+        for attempt in range(60):
+            r = rng.uniform(*rr) * size * ranges.radius_scale * (0.97 ** (attempt // 20))
+            cx, cy = rng.uniform(r + 0.5, size - r - 0.5, size=2)
+            if all(np.hypot(cx - ox, cy - oy) > r + orr + 1.5 for ox, oy, orr, _, _ in objects):
+                break
+        theta = np.deg2rad(rng.uniform(-rot, rot))
+        aspect = rng.uniform(1 - ranges.aspect_jitter, 1 + ranges.aspect_jitter)
+        objects.append((float(cx), float(cy), float(r), float(theta), float(aspect)))
+    names = list(R.COLOURS)
+    colour = str(rng.choice(names))
+    rgb = np.asarray(R.COLOURS[colour], np.float64)
+    if "lowcontrast" in hard:
+        bgs = [n for n in names if n != colour]
+    else:
+        bgs = [n for n in names if np.linalg.norm(rgb - R.COLOURS[n]) >= ranges.min_contrast] or \
+              [n for n in names if n != colour]
+    background = str(rng.choice(bgs))
+    rgb = np.clip(rgb + rng.uniform(-ranges.colour_jitter, ranges.colour_jitter, 3), 0, 255)
+    bg_rgb = np.clip(np.asarray(R.COLOURS[background], np.float64)
+                     + rng.uniform(-ranges.colour_jitter, ranges.colour_jitter, 3), 0, 255)
+    if "lowcontrast" in hard:
+        rgb = bg_rgb + (rgb - bg_rgb) * rng.uniform(0.35, 0.55)
+    cx, cy = objects[0][0], objects[0][1]
+    return dict(label=label, classname=CLASSNAMES[label], count=count, size=size_word, objects=objects,
+                colour=colour, rgb=rgb, background=background, bg_rgb=bg_rgb,
+                position=_position(cx, cy, size) if count == 1 else "")
+
+
+def _object_fields(scene: dict, size: int, grid: np.ndarray | None = None,
+                   disp: tuple[np.ndarray, np.ndarray] | None = None,
+                   offset: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel SDF ``d`` and unit-frame coords ``(u, v)`` of the nearest object, all ``(H, W)``."""
+    if grid is None:
+        c = np.arange(size, dtype=np.float64) + 0.5
+        ys, xs = np.meshgrid(c, c, indexing="ij")
+    else:
+        ys, xs = grid
+    if disp is not None:
+        xs, ys = xs + disp[0], ys + disp[1]
+    xs, ys = xs - offset[0], ys - offset[1]
+    best_d = np.full(xs.shape, np.inf)
+    best_u = np.zeros(xs.shape)
+    best_v = np.zeros(xs.shape)
+    for cx, cy, r, theta, aspect in scene["objects"]:
+        dx, dy = xs - cx, ys - cy
+        ct, st = np.cos(theta), np.sin(theta)
+        u = (ct * dx + st * dy) / (r * aspect)
+        v = -(-st * dx + ct * dy) / r
+        d = shape_sdf(scene["classname"], u, v) * r * min(aspect, 1.0)
+        m = d < best_d
+        best_d = np.where(m, d, best_d)
+        best_u = np.where(m, u, best_u)
+        best_v = np.where(m, v, best_v)
+    return best_d, best_u, best_v
+
+
+def _render_photo(rng: np.random.Generator, scene: dict, size: int, ranges: SceneRanges,
+                  draw_objects: bool, hard: tuple[str, ...] = (), grid=None, px: float = 1.0) -> np.ndarray:
+    h = size if grid is None else grid[0].shape[0]
+    img = R.photo_background(rng, scene["bg_rgb"], h, h, ranges.bg_gradient)
+    if "clutter" in hard:
+        img = _clutter(rng, img, int(rng.integers(4, 10)))
+    if draw_objects:
+        d, u, v = _object_fields(scene, size, grid)
+        t = rng.uniform(0, 2 * np.pi)
+        shade = ranges.shading * np.clip(0.6 * (np.cos(t) * u + np.sin(t) * v), -1, 1)
+        cov = R.fill_cov(d / px)[..., None]
+        img = img * (1 - cov) + R.shade_fill(scene["rgb"], shade) * cov
+        if "occlusion" in hard:
+            img = _occlude(rng, img, d < 0)
+    return img + rng.normal(0.0, ranges.noise, size=img.shape)
+
+
+def _clutter(rng: np.random.Generator, img: np.ndarray, k: int) -> np.ndarray:
+    """Draw ``k`` distractor strokes / blobs of random colours on ``img`` ``(H, W, 3)``."""
+    h = img.shape[0]
+    c = np.arange(h, dtype=np.float64) + 0.5
+    ys, xs = np.meshgrid(c, c, indexing="ij")
+    from .shapes import box, capsule, circle
+    for _ in range(k):
+        col = np.asarray(R.COLOURS[str(rng.choice(list(R.COLOURS)))], np.float64)
+        kind = rng.integers(3)
+        x0, y0 = rng.uniform(0, h, 2)
+        if kind == 0:
+            x1, y1 = x0 + rng.uniform(-14, 14), y0 + rng.uniform(-14, 14)
+            d = capsule(xs, ys, x0, y0, x1, y1, rng.uniform(0.5, 1.5))
+        elif kind == 1:
+            d = circle(xs, ys, x0, y0, rng.uniform(1.5, 5))
+        else:
+            d = box(xs, ys, x0, y0, rng.uniform(1, 5), rng.uniform(1, 5))
+        cov = R.fill_cov(d)[..., None]
+        img = img * (1 - cov) + col * cov
+    return img
+
+
+def _occlude(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Cover 15-40 % of the object ``mask`` ``(H, W)`` with one or two random boxes."""
+    h = img.shape[0]
+    area = max(1, int(mask.sum()))
+    ys, xs = np.nonzero(mask)
+    for _ in range(20):
+        occ = np.zeros_like(mask)
+        for _ in range(int(rng.integers(1, 3))):
+            i = rng.integers(len(ys)) if len(ys) else 0
+            cy, cx = (ys[i], xs[i]) if len(ys) else (h // 2, h // 2)
+            hw, hh = rng.uniform(2, h / 5, 2)
+            y0, y1 = int(max(0, cy - hh)), int(min(h, cy + hh))
+            x0, x1 = int(max(0, cx - hw)), int(min(h, cx + hw))
+            occ[y0:y1, x0:x1] = True
+        frac = (occ & mask).sum() / area
+        if 0.15 <= frac <= 0.4:
+            break
+    col = np.asarray(R.COLOURS[str(rng.choice(list(R.COLOURS)))], np.float64)
+    return np.where(occ[..., None], col + rng.normal(0, 4, img.shape), img)
+
+
+def _render(rng: np.random.Generator, scene: dict, style: str, size: int, ranges: SceneRanges,
+            draw_objects: bool, hard: tuple[str, ...]) -> tuple[np.ndarray, dict]:
+    """Float image ``(H, W, 3)`` of ``scene`` in ``style`` plus style details for the captions."""
+    extra: dict[str, Any] = {}
+    if style == "photo":
+        return _render_photo(rng, scene, size, ranges, draw_objects, hard), extra
+    if style == "sketch":
+        paper = rng.uniform(228, 252) - rng.uniform(0, 10, 3)
+        img = np.broadcast_to(paper, (size, size, 3)) + rng.normal(0, 3.0, (size, size, 3))
+        if draw_objects:
+            c = np.arange(size, dtype=np.float64) + 0.5
+            ys, xs = np.meshgrid(c, c, indexing="ij")
+            amp, f = rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.4)
+            ph = rng.uniform(0, 2 * np.pi, 2)
+            disp = (amp * np.sin(f * ys + ph[0]), amp * np.sin(f * xs + ph[1]))
+            d, _, _ = _object_fields(scene, size, (ys, xs), disp)
+            ink = rng.uniform(10, 70) + np.array([0.0, 0.0, rng.uniform(0, 40)])
+            line = R.stroke_cov(d, rng.uniform(1.0, 1.8))[..., None] * rng.uniform(0.8, 1.0)
+            img = img * (1 - line) + ink * line
+        return img, extra
+    if style == "texture":
+        names = [n for n in R.COLOURS if n != scene["colour"]]
+        c2, b1, b2 = (np.asarray(R.COLOURS[str(n)], np.float64) for n in rng.choice(names, 3, replace=False))
+        bg, _ = R.pattern(rng, size, size, b1 * 0.5 + 90, b2 * 0.5 + 90)
+        fg, kind = R.pattern(rng, size, size, scene["rgb"], c2)
+        extra["pattern"] = {"stripes": "striped", "checks": "checkered", "dots": "dotted"}[kind]
+        if not draw_objects:
+            return bg, extra
+        cov = R.fill_cov(_object_fields(scene, size)[0])[..., None]
+        return bg * (1 - cov) + fg * cov, extra
+    if style == "pixel":
+        f = int(rng.choice([2, 3]) if size % 6 == 0 else 2)
+        c = (np.arange(size // f, dtype=np.float64) + 0.5) * f
+        ys, xs = np.meshgrid(c, c, indexing="ij")
+        low = _render_photo(rng, scene, size, replace(ranges, noise=0.0, bg_gradient=0.0), draw_objects,
+                            grid=(ys, xs), px=float(f))
+        return R.pixelate(low, f), extra
+    if style == "cartoon":
+        bg = rng.uniform(200, 250, 3)
+        rgb = np.asarray(R.COLOURS[scene["colour"]], np.float64)
+        if not draw_objects:
+            return np.broadcast_to(bg, (size, size, 3)).copy(), extra
+        d = _object_fields(scene, size)[0]
+        ds = _object_fields(scene, size, offset=(2.0, 2.0))[0]
+        return R.cartoon(rng, d, ds, rgb, bg), extra
+    if style == "palette":
+        img = _render_photo(rng, scene, size, ranges, draw_objects)
+        return R.false_colour(rng, img), extra
+    raise ValueError(f"unknown style '{style}', expected one of {STYLES}")
+
+
+def _subject(scene: dict, rng: np.random.Generator, colour: bool | None = None, size: bool | None = None) -> str:
+    n = scene["count"]
+    use_c = rng.random() < 0.6 if colour is None else colour
+    use_s = (rng.random() < 0.5 if size is None else size) and n == 1
+    words = ([scene["size"]] if use_s else []) + ([scene["colour"]] if use_c else [])
+    words.append(scene["classname"] if n == 1 else plural(scene["classname"]))
+    phrase = " ".join(words)
+    return f"{_article(phrase)} {phrase}" if n == 1 else f"{_COUNT_WORD[n]} {phrase}"
+
+
+def captions_for(scene: dict, style: str, rng: np.random.Generator, extra: dict, n: int = 5,
+                 corruption: str | None = None) -> list[str]:
+    """``n`` distinct captions describing ``scene`` rendered in ``style`` (first: "a photo of ...")."""
+    name, pl, cnt = scene["classname"], plural(scene["classname"]), scene["count"]
+    pos, bg = scene["position"], scene["background"]
+    has_colour = style not in ("sketch", "palette")
+
+    def S() -> str:
+        return _subject(scene, rng, colour=None if has_colour else False)
+
+    where = f"in the {pos}" if cnt == 1 else "in the picture"
+    if style == "sketch":
+        pool = [f"a sketch of {S()}.", f"a drawing of {S()}.", f"a pencil sketch of {S()} {where}.",
+                f"a black and white drawing of {S()}.", f"a line drawing of {S()}.", f"an outline of {S()}."]
+    elif style in ("texture", "pixel", "cartoon", "palette"):
+        head = {"texture": [f"a photo of a {extra.get('pattern', 'patterned')} {name}.",
+                            f"{S()} with a {extra.get('pattern', 'patterned')} pattern.",
+                            f"a textured {name} on a patterned background."],
+                "pixel": [f"a pixel art of {S()}.", f"a pixel art {name}.", f"an 8-bit picture of {S()}."],
+                "cartoon": [f"a cartoon of {S()}.", f"a cartoon {name} with a black outline.",
+                            f"a clip art of {S()}."],
+                "palette": [f"a false colour image of {S()}.", f"{S()} in strange colours.",
+                            f"a posterised picture of {S()}."]}[style]
+        pool = head + [f"{S()} {where}.", f"an image of {S()}.", f"a picture of {S()}."]
+    else:
+        first = f"a photo of {S()}."
+        if corruption is not None:
+            adj = {"noise": "noisy", "blur": "blurry", "contrast": "low contrast", "jpeg": "jpeg compressed"}
+            first = f"a {adj[corruption]} photo of {S()}."
+        pool = [first, f"{S()} on a {bg} background.", f"a picture of {S()}.", f"an image of {S()}.",
+                f"a {bg} background with {S()}.", f"{S()}.",
+                f"{S()} {where}." if cnt == 1 else f"a group of {_COUNT_WORD[cnt]} {pl}.",
+                f"there is {S()} {where}." if cnt == 1 else f"there are {S()} {where}.",
+                f"the {name} is {scene['colour']}." if cnt == 1 else f"the {pl} are {scene['colour']}."]
+    rest = [pool[i] for i in rng.permutation(np.arange(1, len(pool)))]
+    out: list[str] = []
+    for c in [pool[0]] + rest:
+        if c not in out:
+            out.append(c)
+    return out[:n]
+
+
+def make_sample(seed: int, key: str, index: int, image_size: int = 48, ranges: SceneRanges = SceneRanges(),
+                style: str = "photo", hard: tuple[str, ...] = (), corruption: tuple[str, int] | None = None,
+                draw_objects: bool = True, n_captions: int = 5) -> Sample:
+    """Generate sample ``index`` of split ``key``.
+
+    Args:
+        seed: world seed; key: split key (different keys give independent streams).
+        image_size: side ``S`` of the square image.
+        ranges: scene parameter ranges; style: one of :data:`STYLES`.
+        hard: hardness factors (subset of :data:`HARDNESS`) for adversarial candidates.
+        corruption: ``(kind, severity)`` applied after rendering, or ``None``.
+        draw_objects: ``False`` renders the same sample without its objects (tests).
+
+    Returns:
+        :class:`Sample` with ``image`` uint8 ``(S, S, 3)``.
+    """
+    rng = sample_rng(seed, key, index)
+    scene = _sample_scene(rng, ranges, image_size, hard)
+    cap_rng = np.random.default_rng(rng.integers(2 ** 63))
+    rend_rng = np.random.default_rng(rng.integers(2 ** 63))
+    corr_rng = np.random.default_rng(rng.integers(2 ** 63))
+    img, extra = _render(rend_rng, scene, style, image_size, ranges, draw_objects, hard)
+    img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    if corruption is not None:
+        img = R.corrupt(img, corruption[0], corruption[1], corr_rng)
+    caps = captions_for(scene, style, cap_rng, extra, n_captions, corruption[0] if corruption else None)
+    meta = {k: scene[k] for k in ("classname", "count", "size", "colour", "background", "position")}
+    meta.update(style=style, hard=list(hard), objects=[[round(v, 3) for v in o] for o in scene["objects"]])
+    if corruption is not None:
+        meta.update(corruption=corruption[0], severity=int(corruption[1]))
+    meta.update(extra)
+    return Sample(img, scene["label"], caps, meta)

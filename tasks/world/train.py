@@ -1,0 +1,194 @@
+"""Contrastive training of the world's CLIP models, zero-shot evaluation, and the world CLI.
+
+``python -m tasks.world.train`` builds (or reuses) the world splits, trains (or reuses) the filter,
+policy and reward models, and prints the zero-shot accuracy table of all three on every split.
+
+Training is the plain CLIP recipe: one random caption of each image, symmetric InfoNCE
+(``open_clip.loss.ClipLoss``) with the learnable temperature, AdamW, linear warm-up then cosine
+decay.  Images are held in memory as one ``uint8`` tensor ``(N, 3, H, W)``; captions are
+tokenised once to ``(N, K, L)``.  Everything is seeded (``torch.Generator``), so a run on the
+same machine and thread count is reproducible.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.loss import ClipLoss
+from tqdm.auto import tqdm
+
+from .augment import augment_batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train_clip", "normalize", "class_text_features", "zero_shot_predict",
+           "zero_shot_accuracy", "main"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one contrastive training run."""
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    seed: int = 0
+    augment: str = "none"
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """``uint8`` or ``[0, 1]`` float images ``(B, 3, H, W)`` -> CLIP-normalised float ``(B, 3, H, W)``.
+
+    Identical to the open_clip eval transform (``ToTensor`` then ``Normalize``) on images that
+    already have the model's input size.
+    """
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    mean = torch.tensor(OPENAI_DATASET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig,
+               desc: str = "train", progress: bool = True,
+               callback: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train ``model`` in place with the CLIP loss.
+
+    Args:
+        model: an open_clip ``CLIP`` (returns normalised features and ``logit_scale.exp()``).
+        images: ``uint8`` ``(N, 3, H, W)``.
+        tokens: ``long`` ``(N, K, L)``: ``K`` tokenised captions per image.
+        cfg: hyper-parameters; ``cfg.augment`` selects :func:`augment_batch`.
+        callback: called as ``callback(step, loss)`` after every step.
+
+    Returns:
+        The loss of every step (``cfg.steps`` floats).
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    n, k = tokens.shape[0], tokens.shape[1]
+    if n != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {n} caption rows")
+    g = torch.Generator().manual_seed(cfg.seed)
+    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
+    other = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    loss_fn = ClipLoss()
+    model.train()
+    losses: list[float] = []
+    perm = torch.randperm(n, generator=g)
+    pos = 0
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0)
+    for step in bar:
+        if pos + cfg.batch_size > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        idx = perm[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        cap = torch.randint(k, (len(idx),), generator=g)
+        x = images[idx].float() / 255.0
+        x = normalize(augment_batch(x, g, cfg.augment))
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        img_f, txt_f, scale = model(x, tokens[idx, cap])[:3]
+        loss = loss_fn(img_f, txt_f, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(float(loss))
+        if callback is not None:
+            callback(step, losses[-1])
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def class_text_features(model: torch.nn.Module, tokenizer: Callable, classnames: Sequence[str],
+                        templates: Sequence[str] = ("a photo of a {}.",)) -> torch.Tensor:
+    """Normalised class embeddings ``(C, D)``: mean of the normalised template embeddings."""
+    feats = []
+    for c in classnames:
+        t = model.encode_text(tokenizer([tpl.format(c) for tpl in templates]))
+        t = t / t.norm(dim=-1, keepdim=True)
+        t = t.mean(0)
+        feats.append(t / t.norm())
+    return torch.stack(feats)
+
+
+@torch.no_grad()
+def zero_shot_predict(model: torch.nn.Module, images: torch.Tensor, text_features: torch.Tensor,
+                      batch_size: int = 256) -> torch.Tensor:
+    """Predicted labels ``(N,)`` of ``uint8`` images ``(N, 3, H, W)`` against ``text_features`` ``(C, D)``."""
+    model.eval()
+    preds = []
+    for i in range(0, images.shape[0], batch_size):
+        f = model.encode_image(normalize(images[i:i + batch_size]))
+        f = f / f.norm(dim=-1, keepdim=True)
+        preds.append((f @ text_features.T).argmax(-1))
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def zero_shot_accuracy(model: torch.nn.Module, tokenizer: Callable, images: torch.Tensor, labels: torch.Tensor,
+                       classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",)) -> float:
+    """Plain zero-shot accuracy (``logits = image features @ normalised class-prompt features``)."""
+    tf = class_text_features(model, tokenizer, classnames, templates)
+    return float((zero_shot_predict(model, images, tf) == labels).float().mean())
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """CLI: build the world, train/reuse the three models, print the zero-shot table."""
+    from .models import get_world_models, load_world_clip
+    from .splits import EVAL_SPLITS, WorldConfig, load_split_tensors
+
+    ap = argparse.ArgumentParser(description="Build the embedded world and train its CLIP models.")
+    ap.add_argument("--data-root", default="data/world")
+    ap.add_argument("--model-root", default="pretrained/world")
+    ap.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--splits", nargs="*", default=list(EVAL_SPLITS))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    world = WorldConfig()
+    t0 = time.time()
+    info = get_world_models(root=args.model_root, data_root=args.data_root, retrain=args.retrain, world=world)
+    print(f"models ready in {time.time() - t0:.0f}s")
+    for which, rec in info.items():
+        print(f"  {which:7s} {rec['name']:20s} {rec['path']}  train_seconds={rec.get('train_seconds', 0):.0f}")
+    table: dict[str, dict[str, float]] = {}
+    for which in ("filter", "policy", "reward"):
+        model, _, tok = load_world_clip(which, root=args.model_root, data_root=args.data_root, world=world)
+        for split in args.splits:
+            imgs, labels, _ = load_split_tensors(split, root=args.data_root, world=world)
+            acc = zero_shot_accuracy(model, tok, imgs, labels, world.classnames)
+            table.setdefault(which, {})[split] = acc
+    ood = ("v2", "sketch", "rendition", "adversarial")
+    header = f"{'model':8s}" + "".join(f"{s:>12s}" for s in args.splits) + f"{'OOD avg':>10s}"
+    print(header)
+    for which, row in table.items():
+        avg = sum(row[s] for s in ood if s in row) / max(1, sum(s in row for s in ood))
+        row["ood_avg"] = avg
+        print(f"{which:8s}" + "".join(f"{100 * row[s]:12.1f}" for s in args.splits) + f"{100 * avg:10.1f}")
+    return table
+
+
+if __name__ == "__main__":
+    main()

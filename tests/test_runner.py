@@ -1,0 +1,116 @@
+"""Runner: resume after a kill equals an uninterrupted run, torchrun sharding, bad images, config."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.common.config import apply_overrides, load_config
+from tasks.common.runner import read_records, run
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures"
+CLASSES = ["banded", "blotchy", "braided"]
+
+
+def make_dtd(root: Path, per_class: int = 3, corrupt: int | None = None) -> Path:
+    """A miniature DTD in the CoOp layout: dtd/images/<class>/*.jpg + dtd/split_zhou_DescribableTextures.json."""
+    rng = np.random.default_rng(0)
+    test = []
+    for c, name in enumerate(CLASSES):
+        d = root / "dtd" / "images" / name
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            arr = (rng.random((20, 24, 3)) * 255).astype("uint8")
+            arr[..., c] = 255  # a class-dependent colour so the task is not pure noise
+            Image.fromarray(arr).save(d / f"{name}_{k}.jpg")
+            test.append([f"{name}/{name}_{k}.jpg", c, name])
+    if corrupt is not None:
+        bad = root / "dtd" / "images" / test[corrupt][0]
+        bad.write_bytes(b"not a jpeg")
+    (root / "dtd" / "split_zhou_DescribableTextures.json").write_text(json.dumps({"train": [], "val": [], "test": test}))
+    return root
+
+
+def cli_args(data_root: Path, out: Path, method: str = "rlcf", extra: tuple = ()) -> list[str]:
+    return [f"method={method}", "policy=prompt", "model.arch=RLCF-Tiny-Test", "model.pretrained=null",
+            f"model.config_file={FIX / 'RLCF-Tiny-Test.json'}", "reward.arch=RLCF-Tiny-Reward",
+            "reward.pretrained=null", f"reward.config_file={FIX / 'RLCF-Tiny-Reward.json'}",
+            "data.set_id=DTD", f"data.root={data_root}", "data.classnames=json", "views.n=8", "views.augmix=false",
+            "adapt.selection=0.25", "adapt.lr=0.05", "run.workers=0", "run.device=cpu", f"run.out_dir={out}", *extra]
+
+
+def run_cli(args: list[str], env_extra: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env_extra or {}))
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+               "-m", "tasks.classification.run", *args]
+    else:
+        cmd = [sys.executable, "-m", "tasks.classification.run", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def preds(out: Path) -> dict:
+    return {i: (r.get("pred"), r.get("top5"), r.get("error") is not None) for i, r in read_records(out).items()}
+
+
+def test_resume_after_kill_equals_uninterrupted_run_and_bad_image_is_recorded(tmp_path):
+    data = make_dtd(tmp_path / "data", corrupt=4)
+    from tasks.classification.run import main
+
+    full = tmp_path / "full"
+    main(cli_args(data, full))
+    records = read_records(full / "DTD")
+    assert len(records) == 9 and "error" in records[4] and "pred" in records[0]
+    summary = json.loads((full / "DTD" / "summary.json").read_text())
+    assert summary["n"] == 9 and summary["errors"] == 1 and 0 <= summary["metrics"]["top1"] <= 100
+
+    # simulate a kill: a run limited to 5 samples, then a half-written line
+    part = tmp_path / "part"
+    main(cli_args(data, part, extra=("run.limit=5",)))
+    with open(part / "DTD" / "records-0.jsonl", "a") as f:
+        f.write('{"index": 7, "pre')
+    main(cli_args(data, part))
+    lines = (part / "DTD" / "records-0.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and len({json.loads(x)["index"] for x in lines}) == 9   # no duplicate, none missing
+    assert preds(part / "DTD") == preds(full / "DTD")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_single_process(tmp_path):
+    data = make_dtd(tmp_path / "data")
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    r1 = run_cli(cli_args(data, single))
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = run_cli(cli_args(data, sharded), torchrun=2)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert sorted(p.name for p in (sharded / "DTD").glob("records-*.jsonl")) == ["records-0.jsonl", "records-1.jsonl"]
+    assert preds(sharded / "DTD") == preds(single / "DTD")
+    s1 = json.loads((single / "DTD" / "summary.json").read_text())["metrics"]
+    s2 = json.loads((sharded / "DTD" / "summary.json").read_text())["metrics"]
+    assert s1["top1"] == s2["top1"] and s1["top5"] == s2["top5"]
+
+
+def test_online_task_refuses_sharding(tmp_path, monkeypatch):
+    class Online:
+        online = True
+        def __len__(self): return 2
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="online"):
+        run(Online(), tmp_path)
+
+
+def test_config_overrides_are_type_checked():
+    d = {"a": {"lr": 1e-3, "steps": 3, "name": "x", "amp": None}, "flag": False}
+    cfg = apply_overrides(d, ["a.lr=5e-3", "a.steps=1", "a.amp=bf16", "flag=true"])
+    assert cfg["a"] == {"lr": 5e-3, "steps": 1, "name": "x", "amp": "bf16"} and cfg["flag"] is True
+    with pytest.raises(KeyError, match="valid keys"):
+        apply_overrides(d, ["a.lrr=1"])
+    with pytest.raises(TypeError, match="expects int"):
+        apply_overrides(d, ["a.steps=abc"])
+    with pytest.raises(FileNotFoundError):
+        load_config(d, "nope.yaml")
