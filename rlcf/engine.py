@@ -119,6 +119,8 @@ class Method(nn.Module):
         self.config = config if config is not None else replace(self.default_config)
         if self.needs_reward and reward is None:
             raise ValueError(f"method '{self.name}' needs a reward model (reward=...)")
+        if not self.supports(policy):
+            raise ValueError(f"method '{self.name}' does not support the policy {type(policy).__name__}")
         self.params = list(trainable_named_parameters(policy).values())
         if self.config.steps > 0 and not self.params:
             raise ValueError(f"method '{self.name}' has steps={self.config.steps} but the policy has no "
@@ -155,6 +157,11 @@ class Method(nn.Module):
         if self.config.amp == "fp16" and self.device.type == "cuda" and self.scaler is None:
             self.scaler = torch.amp.GradScaler("cuda", init_scale=self.config.grad_scaler_init)
         return self.scaler
+
+    @classmethod
+    def supports(cls, policy: nn.Module) -> bool:
+        """Whether this method can adapt ``policy`` (e.g. prompt-only methods refuse encoder tuning)."""
+        return True
 
     # ------------------------------------------------------------- the method
     def make_episode(self, views: Tensor) -> Episode:

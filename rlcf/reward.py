@@ -137,6 +137,13 @@ class CLIPReward:
         self.query_feats = self._encode(query)
 
     @torch.no_grad()
+    def teacher_logits(self) -> Tensor:
+        """``logit_scale.exp() * query @ candidates^T``: ``[B, N]`` logits of the reward CLIP (KD teacher)."""
+        if self.query_feats is None or self.candidate_feats is None:
+            raise RuntimeError("set_candidates(...) and set_query(...) first")
+        return self.model.logit_scale.exp().float() * self.query_feats @ self.candidate_feats.t()
+
+    @torch.no_grad()
     def __call__(self, candidates: Tensor | Sequence[Sequence[str]]) -> Tensor:
         """Rewards ``[B, K]`` for ``[B, K]`` candidate indices or ``B`` lists of ``K`` strings."""
         if self.query_feats is None:
@@ -186,6 +193,10 @@ class EnsembleReward:
     def set_query(self, query: Tensor | Sequence[str]) -> None:
         for r in self.rewards:
             r.set_query(query)
+
+    def teacher_logits(self) -> Tensor:
+        """Weighted sum of the members' teacher logits ``[B, N]``."""
+        return sum(w * r.teacher_logits() for w, r in zip(self.weights, self.rewards))
 
     def __call__(self, candidates: Tensor | Sequence[Sequence[str]]) -> Tensor:
         out = None

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import rlcf
+import tasks.classification  # noqa: F401  (registers the peer methods: the contract covers them)
 from conftest import CLASSNAMES, make_clip
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
 
@@ -41,6 +42,10 @@ def opt_state(method):
 @pytest.mark.parametrize("name", rlcf.list_methods())
 def test_method_contract(name, policy_kind, views):
     policy, reward, lr = build(policy_kind)
+    if not rlcf.get_method(name).supports(policy):
+        with pytest.raises(ValueError, match="does not support"):
+            make(name, policy, reward, lr)
+        return
     method = make(name, policy, reward, lr)
     state0 = {k: v.clone() for k, v in policy.state_dict().items()}
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
@@ -58,7 +63,11 @@ def test_method_contract(name, policy_kind, views):
     if opt0 is not None:
         assert opt_state(method) == opt0 or not method.optimizer.state
 
-    # the same sample twice gives the same prediction (episodic independence)
+    # the same sample twice gives the same prediction (episodic independence; online: after reset)
+    if not method.episodic:
+        method.reset_state()
+        out = method(views)
+        method.reset_state()
     out2 = method(views)
     assert torch.equal(out, out2)
 
@@ -142,3 +151,8 @@ def test_nan_loss_falls_back_and_restores(views):
     assert torch.equal(out, zs)
     for k, v in policy.state_dict().items():
         assert torch.equal(v, state0[k])
+
+
+def test_every_registered_method_is_covered():
+    import tasks.classification  # noqa: F401  (registers the peers)
+    assert {"zeroshot", "tpt", "rlcf", "ctpt", "zero", "tda", "kd"} <= set(rlcf.list_methods())

@@ -94,9 +94,10 @@ class _ClipPolicy(nn.Module):
     def class_features(self) -> Tensor:
         raise NotImplementedError
 
-    def logits(self, q: Tensor) -> Tensor:
-        """``[B, D]`` normalised image features -> ``[B, C]`` logits."""
-        return self.clip.logit_scale.exp().float() * q.float() @ self.class_features().t()
+    def logits(self, q: Tensor, class_feats: Tensor | None = None) -> Tensor:
+        """``[B, D]`` normalised image features -> ``[B, C]`` logits (``class_feats``: reuse ``[C, D]``)."""
+        feats = self.class_features() if class_feats is None else class_feats
+        return self.clip.logit_scale.exp().float() * q.float() @ feats.t()
 
     def forward(self, images: Tensor) -> Tensor:
         return self.logits(self.encode_query(images))
@@ -186,14 +187,18 @@ class EncoderPolicy(_ClipPolicy):
         tokenizer: open_clip tokenizer.
         template: class prompt template (official ``"a photo of a {}."``).
         norm_only: train only the visual tower's normalisation layers (official ``--tune_norm``).
+        templates: several templates: class features are the normalised mean of the normalised
+            per-template features (CLIP's prompt ensemble); overrides ``template``.
     """
 
     query_trainable = True
 
     def __init__(self, clip: nn.Module, classnames: Sequence[str], tokenizer: Callable,
-                 template: str = "a photo of a {}.", norm_only: bool = False) -> None:
+                 template: str = "a photo of a {}.", norm_only: bool = False,
+                 templates: Sequence[str] | None = None) -> None:
         super().__init__(clip)
-        self.tokenizer, self.template = tokenizer, template
+        self.tokenizer = tokenizer
+        self.templates = list(templates) if templates else [template]
         if norm_only:
             norms = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
             for m in clip.visual.modules():
@@ -204,9 +209,10 @@ class EncoderPolicy(_ClipPolicy):
         self.set_classnames(classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        tokens = self.tokenizer(class_prompts(classnames, self.template))
+        feats = torch.stack([encode_texts(self.clip, self.tokenizer(class_prompts(classnames, t)))
+                             for t in self.templates]).mean(0)
         self.classnames = list(classnames)
-        self.register_buffer("text_feats", encode_texts(self.clip, tokens), persistent=False)
+        self.register_buffer("text_feats", F.normalize(feats, dim=-1), persistent=False)
 
     def class_features(self) -> Tensor:
         return self.text_feats

@@ -27,13 +27,13 @@ __all__ = ["DEFAULTS", "ClassificationTask", "build_clip", "build_policy", "buil
 DEFAULTS: dict[str, Any] = {
     "method": "rlcf",
     "policy": "prompt",                       # prompt | encoder
-    "model": {"arch": "ViT-B-16", "pretrained": "pretrained/clip/ViT-B-16.pt", "config_file": None},
-    "reward": {"arch": "ViT-L-14", "pretrained": "pretrained/clip/ViT-L-14.pt", "config_file": None,
+    "model": {"arch": "ViT-B-16", "pretrained": "${PRETRAINED:-pretrained}/clip/ViT-B-16.pt", "config_file": None},
+    "reward": {"arch": "ViT-L-14", "pretrained": "${PRETRAINED:-pretrained}/clip/ViT-L-14.pt", "config_file": None,
                "weight": 2.5, "ensemble": None},   # ensemble: list of {arch, pretrained, config_file, confidence}
-    "data": {"set_id": "A", "root": "data", "classnames": "openai", "templates": "single", "strict": True},
+    "data": {"set_id": "A", "root": "${DATA_ROOT:-data}", "classnames": "openai", "templates": "single", "strict": True},
     "views": {"n": 64, "augmix": None, "resolution": None},   # augmix None = official auto rule
     "prompt": {"n_ctx": 4, "ctx_init": "a photo of a", "coop": None, "text_chunk": None},
-    "encoder": {"norm_only": False},
+    "encoder": {"norm_only": False, "ensemble": False},   # ensemble: average the dataset's templates
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "extra"} | {"extra": {}},
     "run": {"out_dir": "output/classification", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
             "device": "auto", "save_logits": False, "allow_online_sharding": False},
@@ -59,7 +59,7 @@ def build_clip(spec: dict, device: torch.device):
     return load_clip(spec["arch"], spec.get("pretrained"), device=device, config_file=spec.get("config_file"))
 
 
-def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict):
+def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict, templates=None):
     if kind == "prompt":
         p = cfg["prompt"]
         policy = PromptPolicy(clip, classnames, tokenizer, n_ctx=p["n_ctx"], ctx_init=p["ctx_init"],
@@ -69,7 +69,8 @@ def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict):
         return policy
     if kind == "encoder":
         return EncoderPolicy(clip, classnames, tokenizer, template=_template(cfg),
-                             norm_only=cfg["encoder"]["norm_only"])
+                             norm_only=cfg["encoder"]["norm_only"],
+                             templates=templates if cfg["encoder"]["ensemble"] else None)
     raise ValueError(f"policy must be 'prompt' or 'encoder', got '{kind}'")
 
 
@@ -121,7 +122,7 @@ class ClassificationTask:
         res = cfg["views"]["resolution"] or int(clip.visual.image_size[0])
         mcls = rlcf.get_method(cfg["method"])
         reward = build_reward(cfg, dataset.classnames, device, res) if mcls.needs_reward else None
-        policy = build_policy(cfg["policy"], clip, dataset.classnames, tok, cfg).to(device)
+        policy = build_policy(cfg["policy"], clip, dataset.classnames, tok, cfg, dataset.templates).to(device)
         adapt = dict(cfg["adapt"])
         method = rlcf.create_method(cfg["method"], policy, reward, AdaptConfig(**adapt))
         v = cfg["views"]

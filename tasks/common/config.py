@@ -7,12 +7,33 @@ exist in the defaults; a wrong key or a value of the wrong type is an error nami
 from __future__ import annotations
 
 import copy
+import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-__all__ = ["load_config", "merge", "apply_overrides", "dump_config"]
+__all__ = ["load_config", "merge", "apply_overrides", "dump_config", "expand_env"]
+
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any) -> Any:
+    """Expand ``${NAME}`` / ``${NAME:-default}`` in every string of a nested config."""
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            if m.group(1) in os.environ:
+                return os.environ[m.group(1)]
+            if m.group(2) is None:
+                raise KeyError(f"config value '{value}' needs the environment variable {m.group(1)}")
+            return m.group(2)
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
 
 
 def merge(base: Mapping[str, Any], delta: Mapping[str, Any], path: str = "", strict: bool = True) -> dict:
@@ -68,11 +89,14 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
 
 def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
                 overrides: Sequence[str] = ()) -> dict:
-    """``defaults`` <- YAML file (may say ``base: other.yaml``, relative to it) <- overrides."""
+    """``defaults`` <- YAML file (may say ``base: other.yaml``, relative to it) <- overrides.
+
+    String values may use ``${NAME:-default}`` environment variables (expanded last).
+    """
     cfg = copy.deepcopy(dict(defaults))
     if path is not None:
         cfg = merge(cfg, _read_yaml(Path(path)))
-    return apply_overrides(cfg, overrides)
+    return expand_env(apply_overrides(cfg, overrides))
 
 
 def _read_yaml(path: Path) -> dict:

@@ -12,7 +12,8 @@ A *task* provides::
 Records go to ``<out_dir>/records-<rank>.jsonl``, one JSON line per sample, appended and flushed
 as soon as a sample is done. Killed at any moment, a rerun reads every ``records-*.jsonl`` in the
 folder, drops a truncated last line, skips the samples already recorded and continues; the merged
-result equals an uninterrupted run. Under ``torchrun`` each rank takes the disjoint shard
+result equals an uninterrupted run. An online task (state carried across samples) replays the
+recorded samples in stream order to rebuild its state, without writing them again. Under ``torchrun`` each rank takes the disjoint shard
 ``order[rank::world_size]``; rank 0 merges once every rank is done.
 """
 from __future__ import annotations
@@ -149,9 +150,13 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
                            "one independent stream per shard")
     order = sample_order(len(task), limit, shuffle_seed)
     done = read_records(out)
-    shard = [i for i in order[rank::world] if i not in done]
+    online = bool(getattr(task, "online", False))
+    # an online task's state depends on every earlier sample: recorded ones are replayed, not re-written
+    shard = [i for i in order[rank::world] if online or i not in done]
+    if online and all(i in done for i in shard):
+        shard = []
     logger.info("rank %d/%d: %d samples in shard, %d already recorded", rank, world,
-                len(order[rank::world]), len(order[rank::world]) - len(shard))
+                len(order[rank::world]), sum(i in done for i in order[rank::world]))
     path = out / f"records-{rank}.jsonl"
     _repair(path)
     if device is not None and device.type == "cuda":
@@ -159,6 +164,10 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
     with open(path, "a", encoding="utf-8") as f:
         bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, disable=rank != 0, dynamic_ncols=True)
         for i, sample, err in bar:
+            if i in done:   # online replay
+                if err is None:
+                    task.process(i, sample)
+                continue
             t0 = time.perf_counter()
             rec: dict[str, Any] = {"index": i, "id": task.sample_id(i)}
             if err is None:

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Peer method 'tda' through the same runner (configs/classification/tda.yaml).
+# usage: bash scripts/tda.sh GPU_ID
+source "$(dirname "$0")/common.sh"
+run_cls tda configs/classification/tda.yaml

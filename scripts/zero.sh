@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Peer method 'zero' through the same runner (configs/classification/zero.yaml).
+# usage: bash scripts/zero.sh GPU_ID
+source "$(dirname "$0")/common.sh"
+run_cls zero configs/classification/zero.yaml
