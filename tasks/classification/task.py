@@ -95,9 +95,11 @@ def build_reward(cfg: dict, classnames, device: torch.device, resolution: int):
 def build_dataset_from_config(cfg: dict):
     d = cfg["data"]
     if d["set_id"].startswith("world/"):
-        from ..world.datasets import build_world_dataset
+        from ..world.splits import build_world_dataset
 
-        return build_world_dataset(d["set_id"].split("/", 1)[1], root=d["root"])
+        from pathlib import Path
+
+        return build_world_dataset(d["set_id"].split("/", 1)[1], root=Path(d["root"]) / "world")
     from .datasets import build_dataset
 
     return build_dataset(d["set_id"], d["root"], classnames_source=d["classnames"], templates=d["templates"],

@@ -1,0 +1,184 @@
+"""The main job: RLCF on the embedded offline world, end to end, on a CPU, with no downloads.
+
+    python -m tasks.demo [--quick] [--all-methods] [--out output/demo]
+
+1. builds the world (cached under ``data/world``) and trains or loads its two CLIP models
+   (cached under ``pretrained/world``);
+2. runs every method row on ``val`` and on each shifted split through the same resumable runner
+   as the real benchmarks (per-sample records under ``<out>/<row>/<split>/``);
+3. prints a table in the form of the RLCF paper's Table 1 (per split and OOD average, with
+   bootstrap 95% confidence intervals) and writes ``results.json``, ``results.md`` and ``results.png``.
+
+Method hyperparameters for the world were chosen on the ``dev`` split only (``configs/world/``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .classification.metrics import bootstrap_ci
+from .classification.task import DEFAULTS, ClassificationTask
+from .common.config import load_config
+from .common.runner import read_records, run
+
+logger = logging.getLogger("tasks.demo")
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "world"
+
+# (row label, config file in configs/world/); the first two rows are the zero-shot anchors
+ROWS = [
+    ("CLIP policy (zero-shot)", "zero-shot.yaml"),
+    ("CLIP reward (zero-shot, teacher)", "zero-shot-reward.yaml"),
+    ("TPT", "tpt-prompt.yaml"),
+    ("RLCF (prompt)", "rlcf-prompt.yaml"),
+    ("RLCF (encoder)", "rlcf-tune.yaml"),
+]
+PEER_ROWS = [
+    ("CLIP policy (ensemble)", "zero-shot-ensemble.yaml"),
+    ("C-TPT", "ctpt-prompt.yaml"),
+    ("ZERO", "zero.yaml"),
+    ("TDA (online)", "tda.yaml"),
+    ("KD from reward (encoder)", "kd-tune.yaml"),
+]
+SPLITS = ["val", "v2", "sketch", "rendition", "adversarial"]
+OOD = ["v2", "sketch", "rendition", "adversarial"]
+
+
+def run_row(config: Path, split: str, out: Path, limit: int | None, views: int | None) -> list[dict]:
+    overrides = [f"data.set_id=world/{split}", f"run.out_dir={out}", "run.device=cpu", "run.workers=0"]
+    if limit is not None:
+        overrides.append(f"run.limit={limit}")
+    if views is not None:
+        overrides.append(f"views.n={views}")
+    cfg = load_config(DEFAULTS, config, overrides)
+    folder = out / split
+    task = ClassificationTask.from_config(cfg)
+    # a seeded order: a --limit subset is a random (class-balanced in expectation) sample, the same for every row
+    run(task, folder, workers=0, limit=limit, shuffle_seed=0, desc=f"{config.stem} {split}",
+        meta={"config": str(config.relative_to(ROOT))})
+    recs = read_records(folder)
+    return [recs[i] for i in sorted(recs)]
+
+
+def summarise(records: list[dict]) -> dict:
+    ok = [r for r in records if "error" not in r]
+    correct = np.array([r["pred"] == r["label"] for r in ok], dtype=float) * 100
+    lo, hi = bootstrap_ci(correct)
+    return {"top1": float(correct.mean()), "ci95": [lo, hi], "n": len(ok)}
+
+
+def ood_average(per_split: dict[str, list[dict]], seed: int = 0, n_boot: int = 1000) -> dict:
+    """Mean of the per-split accuracies, with a bootstrap CI resampling each split independently."""
+    accs = [np.array([r["pred"] == r["label"] for r in per_split[s]], dtype=float) * 100 for s in OOD]
+    rng = np.random.default_rng(seed)
+    boots = np.mean([[a[rng.integers(0, len(a), len(a))].mean() for a in accs] for _ in range(n_boot)], axis=1)
+    return {"top1": float(np.mean([a.mean() for a in accs])),
+            "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
+
+
+def markdown(results: dict) -> str:
+    head = "| method | " + " | ".join(SPLITS) + " | OOD avg |"
+    lines = [head, "|" + "---|" * (len(SPLITS) + 2)]
+    for label, row in results["rows"].items():
+        cells = [f"{row[s]['top1']:.1f} ({row[s]['ci95'][0]:.1f}-{row[s]['ci95'][1]:.1f})" for s in SPLITS]
+        o = row["ood_avg"]
+        cells.append(f"**{o['top1']:.1f}** ({o['ci95'][0]:.1f}-{o['ci95'][1]:.1f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = SPLITS + ["ood_avg"]
+    labels = list(results["rows"])
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        row = results["rows"][label]
+        vals = [row[c]["top1"] for c in cols]
+        err = np.array([[row[c]["top1"] - row[c]["ci95"][0], row[c]["ci95"][1] - row[c]["top1"]] for c in cols]).T
+        ax.bar(np.arange(len(cols)) + j * width, vals, width, yerr=err, capsize=2, label=label)
+    ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, [c.replace("_", " ") for c in cols])
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("RLCF on the embedded world (95% bootstrap CI)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `python -m tasks.demo --tune`
+    "tpt-prompt.yaml": [1e-3, 5e-3, 2e-2],
+    "ctpt-prompt.yaml": [1e-3, 5e-3, 2e-2],
+    "rlcf-prompt.yaml": [2e-3, 7e-3, 2e-2],
+    "rlcf-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4],
+    "kd-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4],
+}
+
+
+def tune(out: Path, limit: int, views: int | None) -> dict:
+    """Dev-split accuracy of each learning rate of :data:`TUNE_GRID` (prints a table; choose by hand)."""
+    table = {}
+    for cfg_name, lrs in TUNE_GRID.items():
+        for lr in lrs:
+            folder = out / "tune" / f"{Path(cfg_name).stem}-lr{lr:g}"
+            overrides = ["data.set_id=world/dev", "run.device=cpu", f"adapt.lr={lr}"]
+            if views is not None:
+                overrides.append(f"views.n={views}")
+            cfg = load_config(DEFAULTS, CONFIGS / cfg_name, overrides)
+            run(ClassificationTask.from_config(cfg), folder, limit=limit, shuffle_seed=0, desc=folder.name)
+            recs = list(read_records(folder).values())
+            table[folder.name] = summarise(recs)["top1"]
+            print(f"dev {folder.name}: {table[folder.name]:.1f}", flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer samples and views (a few minutes)")
+    ap.add_argument("--all-methods", action="store_true", help="also the peer methods (C-TPT, ZERO, TDA, KD, ensemble)")
+    ap.add_argument("--limit", type=int, default=None, help="samples per split (default: all; --quick: 60)")
+    ap.add_argument("--out", default="output/demo")
+    ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev split only")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t0 = time.time()
+    from .world.models import get_world_models
+
+    get_world_models()   # builds the world and trains both models once (cached, verified)
+    limit = args.limit if args.limit is not None else (60 if args.quick else None)
+    views = 16 if args.quick else None
+    out = Path(args.out)
+    if args.tune:
+        return tune(out, limit or 200, views)
+    rows = ROWS + (PEER_ROWS if args.all_methods else [])
+    results: dict = {"rows": {}, "splits": SPLITS, "ood": OOD, "limit": limit, "quick": args.quick}
+    for label, cfg_name in rows:
+        per_split = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views) for s in SPLITS}
+        row = {s: summarise(per_split[s]) for s in SPLITS}
+        row["ood_avg"] = ood_average(per_split)
+        results["rows"][label] = row
+        logger.info("%s: val %.1f, OOD avg %.1f", label, row["val"]["top1"], row["ood_avg"]["top1"])
+    results["minutes"] = (time.time() - t0) / 60
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (out / "results.md").write_text(table)
+    chart(results, out / "results.png")
+    print("\nRLCF on the embedded world: top-1 % (95% bootstrap CI); OOD avg = mean of " + ", ".join(OOD))
+    print(table)
+    print(f"results: {out}/results.json, results.md, results.png ({results['minutes']:.1f} min)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
