@@ -89,6 +89,9 @@ class Episode:
         """
         p = self.policy
         if self.selected is None:
+            if p.query_trainable and self.selection >= 1.0:   # nothing to rank: every view is kept
+                self.selected = torch.arange(self.views.shape[0], device=self.views.device)
+                return p.logits(p.encode_query(self.views))
             if p.query_trainable:
                 with torch.no_grad():
                     all_logits = p.logits(p.encode_query(self.views))

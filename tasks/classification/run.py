@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
-import torch
 
 from ..common.config import dump_config, load_config
-from ..common.runner import run
-from .task import DEFAULTS, ClassificationTask, resolve_device
+from ..common.runner import init_distributed, run
+from ..common.clip import resolve_device
+from .task import DEFAULTS, ClassificationTask
 
 logger = logging.getLogger("tasks.classification")
 
@@ -27,14 +26,6 @@ def split_set_ids(spec: str) -> list[str]:
     if parts[0] in ("world", "C") or len(parts) == 1:
         return [spec] if parts[0] != "world" or len(parts) == 2 else [f"world/{p}" for p in parts[1:]]
     return parts
-
-
-def init_distributed() -> None:
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def main(argv: list[str] | None = None) -> dict:

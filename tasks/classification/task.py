@@ -15,7 +15,8 @@ import torch
 import rlcf
 from rlcf.engine import AdaptConfig
 
-from ..common.clip import load_clip
+from ..common.clip import build_clip, resolve_device
+from ..common.clip import build_reward as build_reward_models
 from .metrics import classification_metrics
 from .policies import EncoderPolicy, PromptPolicy, class_prompts
 from .views import ViewTransform
@@ -40,25 +41,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_clip(spec: dict, device: torch.device):
-    """``(model, preprocess, tokenizer)`` from a ``{arch, pretrained, config_file}`` spec.
-
-    ``arch: world:<policy|reward|filter>`` loads the embedded world's trained models.
-    """
-    if spec["arch"].startswith("world:"):
-        from ..world.models import load_world_clip
-
-        model, preprocess, tok = load_world_clip(spec["arch"].split(":", 1)[1], device=device)
-        return model, preprocess, tok
-    return load_clip(spec["arch"], spec.get("pretrained"), device=device, config_file=spec.get("config_file"))
-
-
 def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict, templates=None):
     if kind == "prompt":
         p = cfg["prompt"]
@@ -79,15 +61,8 @@ def _template(cfg: dict) -> str:
 
 
 def build_reward(cfg: dict, classnames, device: torch.device, resolution: int):
-    """CLIPReward (or EnsembleReward) with the class prompts cached once per dataset."""
-    r = cfg["reward"]
-    members = r["ensemble"] or [dict(r, confidence=1.0)]
-    rewards, confidences = [], []
-    for spec in members:
-        model, _, tok = build_clip(spec, device)
-        rewards.append(rlcf.CLIPReward(model, tok, weight=r["weight"], policy_resolution=resolution))
-        confidences.append(spec.get("confidence", 1.0))
-    reward = rewards[0] if len(rewards) == 1 else rlcf.EnsembleReward(rewards, confidences)
+    """The reward (or RLCF-S ensemble) with the class prompts cached once per dataset."""
+    reward = build_reward_models(cfg["reward"], device, resolution)
     reward.set_candidates(class_prompts(classnames, _template(cfg)))
     return reward
 

@@ -19,7 +19,7 @@ from .data import MissingDataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle"]
+__all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle", "build_clip", "resolve_device", "build_reward"]
 
 ClipBundle = tuple[nn.Module, Callable, Callable]
 
@@ -100,3 +100,37 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
                 f"the checkpoint elsewhere, put it under pretrained/clip/ and pass its path.") from e
         raise
     return model.eval(), preprocess, open_clip.get_tokenizer(arch)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_clip(spec: dict, device: torch.device) -> ClipBundle:
+    """``(model, preprocess, tokenizer)`` from a config spec ``{arch, pretrained, config_file}``.
+
+    ``arch: world:<policy|reward|filter>`` loads the embedded world's trained models (same open_clip
+    path, checkpoints under ``pretrained/world``).
+    """
+    if spec["arch"].startswith("world:"):
+        from ..world.models import load_world_clip
+
+        return load_world_clip(spec["arch"].split(":", 1)[1], device=device)
+    return load_clip(spec["arch"], spec.get("pretrained"), device=device, config_file=spec.get("config_file"))
+
+
+def build_reward(reward_cfg: dict, device: torch.device, resolution: int | None = None):
+    """``rlcf.CLIPReward`` from ``{arch, pretrained, config_file, weight}``, or ``rlcf.EnsembleReward``
+    (RLCF-S) when ``ensemble`` lists member specs with a ``confidence`` each. Nothing is cached yet."""
+    import rlcf
+
+    members = reward_cfg.get("ensemble") or [dict(reward_cfg, confidence=1.0)]
+    rewards, confidences = [], []
+    for spec in members:
+        model, _, tok = build_clip(spec, device)
+        rewards.append(rlcf.CLIPReward(model, tok, weight=reward_cfg.get("weight", 2.5), policy_resolution=resolution))
+        confidences.append(spec.get("confidence", 1.0))
+    return rewards[0] if len(rewards) == 1 else rlcf.EnsembleReward(rewards, confidences)

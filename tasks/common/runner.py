@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Task", "run", "read_records", "dist_info", "sample_order"]
+__all__ = ["Task", "run", "read_records", "dist_info", "sample_order", "init_distributed"]
 
 
 class Task(Protocol):
@@ -56,6 +56,15 @@ def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_distributed() -> None:
+    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); no-op on one process."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def sample_order(n: int, limit: int | None = None, shuffle_seed: int | None = None) -> list[int]:

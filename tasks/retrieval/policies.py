@@ -1,0 +1,201 @@
+"""Retrieval policies over an open_clip ``CLIP`` (:class:`rlcf.DiscretePolicy`) and gallery encoding.
+
+* :class:`ImageToTextPolicy`: the query is one test image ``[1, 3, H, W]``, the candidates are the
+  gallery captions; the whole image tower is trainable, the gallery text features are cached.
+* :class:`TextToImagePolicy`: the query is one caption's token ids ``[1, L]``, the candidates are
+  the gallery images; every non-visual parameter is trainable (transformer, token and positional
+  embeddings, ``ln_final``, ``text_projection`` and, optionally, ``logit_scale``), as the official
+  ``only_visual=False`` set-up; the gallery image features are cached.
+
+Both score ``logits = logit_scale.exp() * q @ g^T`` on L2-normalised features (100 * cos for an
+OpenAI CLIP with a frozen scale). :class:`TextQueryReward` lets the reward CLIPs read the raw
+caption of a text query with their own tokenizers.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageToTextPolicy", "TextToImagePolicy", "TextQueryReward", "encode_tokens", "encode_text_gallery",
+           "encode_image_gallery", "reward_members"]
+
+
+def encode_tokens(clip: nn.Module, tokens: Tensor, truncate: bool = True) -> Tensor:
+    """Unnormalised text features ``[N, D]`` of token ids ``[N, L]`` (with grad if enabled).
+
+    With ``truncate`` (OpenAI-style causal tower, EOT pooling by ``argmax``) the tower runs only
+    up to the last EOT of the batch: under the causal mask the EOT output does not depend on the
+    padding after it, so the features equal ``clip.encode_text`` up to float rounding.
+    """
+    tokens = tokens.to(clip.token_embedding.weight.device)
+    mask = getattr(clip, "attn_mask", None)
+    if not truncate or mask is None or getattr(clip, "text_pool_type", "argmax") != "argmax":
+        return clip.encode_text(tokens)
+    eot = tokens.argmax(dim=-1)
+    length = int(eot.max()) + 1
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens[:, :length]).to(cast) + clip.positional_embedding[:length].to(cast)
+    x = clip.ln_final(clip.transformer(x, attn_mask=mask[:length, :length]))
+    x = x[torch.arange(x.shape[0], device=x.device), eot]
+    proj = clip.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    return x
+
+
+@torch.no_grad()
+def encode_text_gallery(clip: nn.Module, tokenizer: Callable[[list[str]], Tensor], texts: Sequence[str],
+                        batch_size: int = 256) -> Tensor:
+    """Normalised features ``[N, D]`` (float32) of ``N`` captions by a frozen text tower."""
+    out = [F.normalize(encode_tokens(clip, tokenizer(list(texts[i:i + batch_size]))).float(), dim=-1)
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_image_gallery(batches: Iterable[Tensor], encoders: Sequence[Callable[[Tensor], Tensor]]) -> list[Tensor]:
+    """One pass over the gallery images for several encoders.
+
+    Args:
+        batches: ``[B, 3, H, W]`` image batches, in gallery order.
+        encoders: callables ``[B, 3, H, W] -> [B, D_e]`` (each moves the batch to its device).
+    Returns:
+        One normalised ``[N, D_e]`` float32 tensor per encoder.
+    """
+    feats: list[list[Tensor]] = [[] for _ in encoders]
+    for x in batches:
+        for f, enc in zip(feats, encoders, strict=True):
+            f.append(F.normalize(enc(x).float(), dim=-1))
+    return [torch.cat(f) for f in feats]
+
+
+def reward_members(reward: object) -> list:
+    """The :class:`rlcf.CLIPReward` members of a reward (itself, or an ensemble's)."""
+    inner = getattr(reward, "reward", reward)          # unwrap TextQueryReward
+    return list(getattr(inner, "rewards", [inner]))
+
+
+class _RetrievalPolicy(nn.Module):
+    query_trainable: bool = True
+
+    def __init__(self, clip: nn.Module, gallery: Tensor) -> None:
+        super().__init__()
+        self.clip = clip
+        clip.requires_grad_(False)
+        self.register_buffer("gallery", torch.empty(0), persistent=False)
+        self.set_gallery(gallery)
+
+    def set_gallery(self, feats: Tensor) -> None:
+        """Cache the gallery features ``[N, D]`` (normalised here, float32)."""
+        if feats.dim() != 2 or feats.shape[0] == 0:
+            raise ValueError(f"gallery features must be a non-empty [N, D] tensor, got {tuple(feats.shape)}")
+        self.gallery = F.normalize(feats.detach().float(), dim=-1).to(self.clip.logit_scale.device)
+
+    def logits(self, q: Tensor) -> Tensor:
+        """``[B, D]`` normalised query features -> ``[B, N]`` scores over the gallery, in float32 even
+        under fp16 autocast (fp16 scores of 100 * cos tie every ~0.03 and would blur the ranking)."""
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return self.clip.logit_scale.exp().float() * q.float() @ self.gallery.t()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits(self.encode_query(x))
+
+
+class ImageToTextPolicy(_RetrievalPolicy):
+    """Image -> text: the visual tower is trainable, gallery caption features ``[N_txt, D]`` cached.
+
+    Args:
+        clip: open_clip ``CLIP``.
+        gallery: text features of every gallery caption (see :func:`encode_text_gallery`).
+    """
+
+    def __init__(self, clip: nn.Module, gallery: Tensor) -> None:
+        super().__init__(clip, gallery)
+        clip.visual.requires_grad_(True)
+
+    def encode_query(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` float images -> normalised ``[B, D]``."""
+        if images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(f"image queries must be float [B, 3, H, W], got {tuple(images.shape)} {images.dtype}")
+        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+
+    def train(self, mode: bool = True) -> ImageToTextPolicy:
+        """Only the visual tower follows ``mode``; the frozen text side stays in eval."""
+        super().train(False)
+        self.clip.visual.train(mode)
+        self.training = mode
+        return self
+
+
+class TextToImagePolicy(_RetrievalPolicy):
+    """Text -> image: every non-visual parameter trainable, gallery image features ``[N_img, D]`` cached.
+
+    Args:
+        clip: open_clip ``CLIP``.
+        gallery: image features of every gallery image (see :func:`encode_image_gallery`).
+        train_logit_scale: tune ``logit_scale`` too (official: yes).
+        truncate: run the text tower only up to the caption's EOT (see :func:`encode_tokens`).
+    """
+
+    def __init__(self, clip: nn.Module, gallery: Tensor, train_logit_scale: bool = True, truncate: bool = True) -> None:
+        super().__init__(clip, gallery)
+        for name, p in clip.named_parameters():
+            if not name.startswith("visual."):
+                p.requires_grad_(True)
+        clip.logit_scale.requires_grad_(train_logit_scale)
+        self.truncate = truncate
+
+    def encode_query(self, tokens: Tensor) -> Tensor:
+        """Token ids ``[B, L]`` (long) -> normalised ``[B, D]``."""
+        if tokens.dim() != 2 or tokens.is_floating_point():
+            raise ValueError(f"text queries must be token ids [B, L] (long), got {tuple(tokens.shape)} {tokens.dtype}")
+        return F.normalize(encode_tokens(self.clip, tokens, self.truncate).float(), dim=-1)
+
+    def train(self, mode: bool = True) -> TextToImagePolicy:
+        """The text side follows ``mode``; the frozen visual tower stays in eval."""
+        super().train(mode)
+        self.clip.visual.eval()
+        return self
+
+
+class TextQueryReward:
+    """A reward whose text queries arrive as the *policy's* token ids ``[1, L]``.
+
+    The rlcf method hands the reward ``views[selected]``, i.e. the caption's token ids; the reward
+    CLIPs (maybe with other tokenizers or context lengths) must read the caption itself. The task
+    announces it with :meth:`expect` before calling the method; :meth:`set_query` checks that the
+    ids are the announced ones and encodes the string. Image queries and candidates pass through.
+
+    Args:
+        reward: a :class:`rlcf.CLIPReward` or :class:`rlcf.EnsembleReward`.
+    """
+
+    def __init__(self, reward: object) -> None:
+        self.reward = reward
+        self._pending: tuple[Tensor, str] | None = None
+
+    def expect(self, tokens: Tensor, text: str) -> None:
+        """The next text query will be ``tokens`` ``[1, L]``, the ids of ``text``."""
+        self._pending = (tokens.detach().cpu(), text)
+
+    def set_query(self, query: Tensor | Sequence[str]) -> None:
+        if isinstance(query, Tensor) and not query.is_floating_point():
+            if self._pending is None:
+                raise RuntimeError("text query given as token ids without its caption: call expect(tokens, text) "
+                                   "before the method")
+            tokens, text = self._pending
+            q = query.detach().cpu()
+            if q.shape != tokens.shape or not torch.equal(q, tokens):
+                raise RuntimeError("the token ids given to the reward are not those announced with expect()")
+            self._pending = None
+            query = [text]
+        self.reward.set_query(query)
+
+    def __call__(self, candidates: Tensor) -> Tensor:
+        return self.reward(candidates)
