@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..common.clip import eot_index as _eot_index
+from ..common.clip import encode_texts, text_features_from_embeddings
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["PromptPolicy", "EncoderPolicy", "text_features_from_embeddings", "encode_texts",
-           "class_prompts"]
+__all__ = ["PromptPolicy", "EncoderPolicy", "encode_texts", "class_prompts"]
 
 
 def class_prompts(classnames: Sequence[str], template: str = "a photo of a {}.") -> list[str]:
@@ -23,56 +25,6 @@ def class_prompts(classnames: Sequence[str], template: str = "a photo of a {}.")
     if len(classnames) == 0:
         raise ValueError("zero classes: a classification policy needs at least one class name")
     return [template.format(n.replace("_", " ")) for n in classnames]
-
-
-def _eot_index(clip: nn.Module, tokens: Tensor) -> Tensor:
-    pool = getattr(clip, "text_pool_type", "argmax")
-    if pool != "argmax":
-        raise NotImplementedError(f"text_pool_type '{pool}' is not supported (OpenAI-style 'argmax' only)")
-    return tokens.argmax(dim=-1)
-
-
-def text_features_from_embeddings(clip: nn.Module, emb: Tensor, eot: Tensor, chunk: int | None = None) -> Tensor:
-    """Run the text tower of an open_clip ``CLIP`` on token embeddings.
-
-    The sequence may be truncated to any length ``L`` that covers every EOT position: with the
-    causal mask, a token's output depends only on the tokens before it, so the EOT feature is
-    unchanged by the padding after it.
-
-    Args:
-        clip: open_clip ``CLIP`` (built-in text tower).
-        emb: ``[N, L, W]`` token embeddings (``L <= context_length``).
-        eot: ``[N]`` EOT positions (< L).
-        chunk: process at most ``chunk`` sequences at a time (memory on 1000-class sets).
-    Returns:
-        ``[N, D]`` unnormalised text features.
-    """
-    n, length, _ = emb.shape
-    if chunk is not None and n > chunk:
-        return torch.cat([text_features_from_embeddings(clip, emb[i:i + chunk], eot[i:i + chunk])
-                          for i in range(0, n, chunk)])
-    cast = clip.transformer.get_cast_dtype()
-    mask = clip.attn_mask
-    if mask is None and length != clip.positional_embedding.shape[0]:
-        raise ValueError("truncating the text context needs a causal text tower")
-    x = emb.to(cast) + clip.positional_embedding[:length].to(cast)
-    x = clip.transformer(x, attn_mask=None if mask is None else mask[:length, :length])
-    x = clip.ln_final(x)
-    x = x[torch.arange(n, device=x.device), eot]
-    proj = clip.text_projection
-    if proj is not None:
-        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-    return x
-
-
-@torch.no_grad()
-def encode_texts(clip: nn.Module, tokens: Tensor, chunk: int | None = 256, truncate: bool = True) -> Tensor:
-    """Normalised text features ``[N, D]`` of token ids ``[N, context_length]`` (frozen tower)."""
-    tokens = tokens.to(clip.positional_embedding.device)
-    eot = _eot_index(clip, tokens)
-    length = int(eot.max()) + 1 if truncate and clip.attn_mask is not None else tokens.shape[1]
-    emb = clip.token_embedding(tokens[:, :length])
-    return F.normalize(text_features_from_embeddings(clip, emb, eot, chunk).float(), dim=-1)
 
 
 class _ClipPolicy(nn.Module):

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..common.clip import text_features
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImageToTextPolicy", "TextToImagePolicy", "TextQueryReward", "encode_tokens", "encode_text_gallery",
@@ -27,26 +29,11 @@ __all__ = ["ImageToTextPolicy", "TextToImagePolicy", "TextQueryReward", "encode_
 
 
 def encode_tokens(clip: nn.Module, tokens: Tensor, truncate: bool = True) -> Tensor:
-    """Unnormalised text features ``[N, D]`` of token ids ``[N, L]`` (with grad if enabled).
-
-    With ``truncate`` (OpenAI-style causal tower, EOT pooling by ``argmax``) the tower runs only
-    up to the last EOT of the batch: under the causal mask the EOT output does not depend on the
-    padding after it, so the features equal ``clip.encode_text`` up to float rounding.
-    """
-    tokens = tokens.to(clip.token_embedding.weight.device)
-    mask = getattr(clip, "attn_mask", None)
-    if not truncate or mask is None or getattr(clip, "text_pool_type", "argmax") != "argmax":
-        return clip.encode_text(tokens)
-    eot = tokens.argmax(dim=-1)
-    length = int(eot.max()) + 1
-    cast = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(tokens[:, :length]).to(cast) + clip.positional_embedding[:length].to(cast)
-    x = clip.ln_final(clip.transformer(x, attn_mask=mask[:length, :length]))
-    x = x[torch.arange(x.shape[0], device=x.device), eot]
-    proj = clip.text_projection
-    if proj is not None:
-        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-    return x
+    """Unnormalised text features ``[N, D]`` of token ids ``[N, L]`` (with grad if enabled); see
+    :func:`tasks.common.clip.text_features` (the tower runs only up to the last EOT)."""
+    if getattr(clip, "text_pool_type", "argmax") != "argmax":
+        return clip.encode_text(tokens.to(clip.token_embedding.weight.device))
+    return text_features(clip, tokens, truncate)
 
 
 @torch.no_grad()
