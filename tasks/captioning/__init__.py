@@ -1,0 +1,13 @@
+"""Captioning: ClipCap / CapDec prefix captioners on OPT, COCO training, RLCF caption TTA, caption metrics.
+
+Modules (imported on demand; ``transformers`` and ``pycocoevalcap`` load only when used):
+
+* :mod:`.model`: :class:`~.model.PrefixCaptioner` (CLIP embedding -> mapper -> frozen causal LM), decoding.
+* :mod:`.checkpoint`: OPT from a local folder, tiny word-level captioners, official-checkpoint conversion.
+* :mod:`.policy`: :class:`~.policy.CaptionPolicy`, the :class:`rlcf.GenerativePolicy` for caption TTA.
+* :mod:`.train`, :mod:`.features`: ClipCap / CapDec training with cached CLIP features, resumable.
+* :mod:`.tta`: the runner task and CLI of caption TTA (``scripts/tta_*.sh``).
+* :mod:`.metrics`: BLEU / METEOR / ROUGE-L / CIDEr / SPICE, CLIPScore / RefCLIPScore, diversity.
+* :mod:`.data`: Karpathy, LAVIS-style and NoCaps annotation loaders.
+* :mod:`.world_demo`: the whole path in the embedded world on CPU.
+"""

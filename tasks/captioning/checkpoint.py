@@ -29,7 +29,7 @@ from .model import CaptionerConfig, PrefixCaptioner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_pretrained_lm", "build_word_tokenizer", "tiny_opt", "convert_official_mapper",
+__all__ = ["load_pretrained_lm", "build_word_tokenizer", "tiny_opt", "tiny_captioner", "convert_official_mapper",
            "save_atomic", "captioner_state", "load_captioner", "OPT_HINT"]
 
 OPT_HINT = ("Download facebook/opt-125m once on a machine with network access, e.g. "
@@ -93,6 +93,19 @@ def tiny_opt(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
                     num_attention_heads=heads, max_position_embeddings=max_positions, word_embed_proj_dim=hidden,
                     pad_token_id=1, bos_token_id=2, eos_token_id=2, dropout=0.0, attention_dropout=0.0)
     return OPTForCausalLM(cfg).eval()
+
+
+def tiny_captioner(texts: Iterable[str], prefix_dim: int, hidden: int = 64, lm_layers: int = 2, heads: int = 4,
+                   prefix_length: int = 4, clip_length: int = 4, mapper_layers: int = 2, train_lm: bool = True,
+                   seed: int = 0, **config: Any) -> PrefixCaptioner:
+    """A small captioner with a word-level tokenizer over ``texts`` and a random tiny OPT (``train_lm``:
+    trained with the mapper, since no pretrained LM this small exists). Stop token: the tokenizer's EOS."""
+    tok = build_word_tokenizer(texts)
+    lm = tiny_opt(len(tok.get_vocab()), hidden=hidden, layers=lm_layers, heads=heads, ffn=2 * hidden, seed=seed)
+    cfg = CaptionerConfig(prefix_dim=prefix_dim, prefix_length=prefix_length, clip_length=clip_length,
+                          num_layers=mapper_layers, num_heads=heads, stop_token=None, **config)
+    torch.manual_seed(seed)
+    return PrefixCaptioner(cfg, lm, tok, train_lm=train_lm)
 
 
 def convert_official_mapper(state_dict: dict[str, torch.Tensor], num_heads: int = 8) -> tuple[dict, dict]:

@@ -147,16 +147,27 @@ class PrefixCaptioner(nn.Module):
         self.lm.requires_grad_(train_lm)
         self.lm.eval()
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        if config.stop_token is None:
-            self.stop_id = int(tokenizer.eos_token_id)
-        else:
-            ids = tokenizer(config.stop_token, add_special_tokens=False).input_ids
-            if len(ids) != 1:
-                raise ValueError(f"stop token {config.stop_token!r} is {len(ids)} tokens for this tokenizer, need 1")
-            self.stop_id = int(ids[0])
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_id)
         if self.bos_id is None:
             raise ValueError("the tokenizer has neither a BOS nor an EOS token to start captions with")
+        self.configure()
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_id)
+
+    def configure(self, **options: Any) -> "PrefixCaptioner":
+        """Change decoding options of the config (e.g. ``max_new_tokens``, ``stop_token``) and re-resolve
+        the stop token id (it must be a single token of the tokenizer)."""
+        for k, v in options.items():
+            if not hasattr(self.config, k):
+                raise KeyError(f"unknown captioner option '{k}'")
+            setattr(self.config, k, v)
+        stop = self.config.stop_token
+        if stop is None:
+            self.stop_id = int(self.tokenizer.eos_token_id)
+        else:
+            ids = self.tokenizer(stop, add_special_tokens=False).input_ids
+            if len(ids) != 1:
+                raise ValueError(f"stop token {stop!r} is {len(ids)} tokens for this tokenizer, need 1")
+            self.stop_id = int(ids[0])
+        return self
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True) -> "PrefixCaptioner":
@@ -184,9 +195,12 @@ class PrefixCaptioner(nn.Module):
             captions: raw caption strings (not lower-cased here).
             max_tokens: cut the caption tokens to this many (before STOP); ``None`` keeps all.
         """
-        toks = self.tokenizer(list(captions), add_special_tokens=False).input_ids
+        return self.pack(self.tokenizer(list(captions), add_special_tokens=False).input_ids, max_tokens)
+
+    def pack(self, token_lists: Sequence[Sequence[int]], max_tokens: int | None = None) -> tuple[Tensor, Tensor]:
+        """Token id lists (no special tokens) -> ``ids [B, L]``, ``mask [B, L]`` as :meth:`encode_captions`."""
         seqs = [[self.bos_id] + list(t[:max_tokens] if max_tokens is not None else t) + [self.stop_id]
-                for t in toks]
+                for t in token_lists]
         length = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -257,11 +271,6 @@ class PrefixCaptioner(nn.Module):
         from transformers import GenerationConfig
 
         cfg = self.config
-        prefix = self.prefix(emb)
-        b = prefix.shape[0]
-        bos = torch.full((b, 1), self.bos_id, dtype=torch.long, device=prefix.device)
-        embeds = self._embed(prefix, bos)
-        att = torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device)
         k = num_return_sequences
         gen = GenerationConfig(
             do_sample=do_sample, num_beams=1 if do_sample else (num_beams or k), num_return_sequences=k,
@@ -271,6 +280,11 @@ class PrefixCaptioner(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            prefix = self.prefix(emb)
+            b = prefix.shape[0]
+            bos = torch.full((b, 1), self.bos_id, dtype=torch.long, device=prefix.device)
+            embeds = self._embed(prefix, bos)
+            att = torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device)
             seqs = self.lm.generate(inputs_embeds=embeds, attention_mask=att, generation_config=gen)
         finally:
             self.train(was_training)

@@ -1,0 +1,84 @@
+"""The CLIP-space discriminator of Chaffin et al. (2024): human vs generated captions, given the image.
+
+An MLP on ``[image embedding ; text embedding]`` (``2D -> 512 -> ReLU -> 256 -> ReLU -> 2``, softmax), trained
+online with binary cross-entropy on the "human" probability: ground-truth captions are real (1), the
+policy's captions fake (0); Adam, lr 7e-5. Its human probability (computed before its update, no grad) is a
+reward term: ``r = 0.94 * contrastive + 0.06 * D(image, text)``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLIPDiscriminator", "DiscriminatorStats", "discriminator_step"]
+
+
+class CLIPDiscriminator(nn.Module):
+    """MLP over concatenated, L2-normalised CLIP embeddings.
+
+    Args:
+        dim: CLIP embedding size ``D`` (the input is ``2D``).
+        hidden: hidden widths (paper: 512, 256).
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (512, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 2 * dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 2))
+        self.net = nn.Sequential(*layers)
+        self.dim = dim
+
+    def forward(self, image_feats: Tensor, text_feats: Tensor) -> Tensor:
+        """``[N, D]``, ``[N, D]`` -> ``[N, 2]`` logits (class 1 = human-written)."""
+        x = torch.cat([F.normalize(image_feats.float(), dim=-1), F.normalize(text_feats.float(), dim=-1)], dim=-1)
+        return self.net(x)
+
+    def human_prob(self, image_feats: Tensor, text_feats: Tensor) -> Tensor:
+        """``[N]`` probability that the caption is human-written."""
+        return torch.softmax(self(image_feats, text_feats), dim=-1)[:, 1]
+
+
+@dataclass
+class DiscriminatorStats:
+    """Result of one discriminator update: the rewards (human probabilities before the update) and diagnostics."""
+
+    p_real: Tensor   # [B] human probability of the ground-truth captions (no grad)
+    p_fake: Tensor   # [B] human probability of the generated captions (no grad)
+    loss: float
+    accuracy: float
+
+
+def discriminator_step(disc: CLIPDiscriminator, optimizer: torch.optim.Optimizer | None, image_feats: Tensor,
+                       real_text: Tensor, fake_text: Tensor) -> DiscriminatorStats:
+    """One BCE step on ``B`` real and ``B`` fake pairs (the same images); ``optimizer=None`` only scores.
+
+    Args:
+        image_feats: ``[B, D]`` image embeddings.
+        real_text: ``[B, D]`` ground-truth caption embeddings (label 1).
+        fake_text: ``[B, D]`` generated caption embeddings (label 0).
+    """
+    images = torch.cat([image_feats, image_feats]).detach()
+    texts = torch.cat([fake_text, real_text]).detach()
+    labels = torch.cat([torch.zeros(len(fake_text)), torch.ones(len(real_text))]).to(images.device)
+    with torch.enable_grad():
+        p = disc.human_prob(images, texts)
+        loss = F.binary_cross_entropy(p, labels)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    p = p.detach()
+    acc = float(((p > 0.5).float() == labels).float().mean())
+    b = len(fake_text)
+    return DiscriminatorStats(p_real=p[b:], p_fake=p[:b], loss=float(loss.detach()), accuracy=acc)

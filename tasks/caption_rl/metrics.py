@@ -1,0 +1,120 @@
+"""Distinctiveness and quality of generated captions.
+
+* **CLIP Recall** (VLRM, Table 3): one generated caption per test image; each caption retrieves among *all* the
+  test images with a CLIP model (images centre-cropped: open_clip's eval preprocessing, resize of the shorter
+  side then centre crop); MRR, R@1, R@5, R@10 of the true image (text-to-image).
+* **Image-to-text** retrieval as Chaffin et al. report it: each image ranks all the generated captions.
+* **Quality / collapse**: Self-BLEU, vocabulary size, mean length (from :mod:`tasks.captioning.metrics`).
+
+Ranks are 1-based; a candidate scoring exactly as the true item is counted ahead of it (pessimistic ties,
+so constant scores never look good).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from tasks.captioning.metrics import self_bleu, simple_tokenize, vocab_size
+
+from .contrastive import cosine_matrix
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["retrieval_ranks", "rank_metrics", "clip_recall", "image_to_text_recall", "quality_metrics",
+           "distinctiveness_metrics", "encode_texts", "encode_images"]
+
+
+def retrieval_ranks(scores: Tensor, targets: Tensor | None = None, chunk: int = 1024) -> Tensor:
+    """1-based rank of each query's target: ``1 + #{j != target : scores[q, j] >= scores[q, target]}``.
+
+    Args:
+        scores: ``[Q, G]`` query-gallery scores.
+        targets: ``[Q]`` gallery index of each query's true item (default ``arange(Q)``: the diagonal).
+        chunk: queries per block (bounded memory for 5k x 5k).
+    Returns:
+        ``[Q]`` long ranks.
+    """
+    q = scores.shape[0]
+    targets = torch.arange(q, device=scores.device) if targets is None else targets.to(scores.device).long()
+    out = []
+    for s in range(0, q, chunk):
+        block, tgt = scores[s:s + chunk].float(), targets[s:s + chunk]
+        true = block.gather(1, tgt[:, None])
+        ahead = (block >= true).sum(1) - 1      # the target itself is >= itself
+        out.append(ahead + 1)
+    return torch.cat(out).long()
+
+
+def rank_metrics(ranks: Tensor, ks: Sequence[int] = (1, 5, 10), prefix: str = "") -> dict[str, float]:
+    """``{prefix+"MRR", prefix+"R@k"...}`` from 1-based ranks (fractions in ``[0, 1]``, as VLRM's table)."""
+    r = ranks.float()
+    out = {f"{prefix}MRR": float((1.0 / r).mean())}
+    for k in ks:
+        out[f"{prefix}R@{k}"] = float((r <= k).float().mean())
+    return out
+
+
+def clip_recall(text_feats: Tensor, image_feats: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """VLRM's CLIP Recall: caption ``q`` (of image ``q``) retrieves among all ``N`` images.
+
+    Args:
+        text_feats: ``[N, D]`` CLIP embeddings of one generated caption per image.
+        image_feats: ``[N, D]`` CLIP embeddings of the centre-cropped images (same order).
+    """
+    if text_feats.shape[0] != image_feats.shape[0]:
+        raise ValueError(f"{text_feats.shape[0]} captions for {image_feats.shape[0]} images: need one per image")
+    return rank_metrics(retrieval_ranks(cosine_matrix(text_feats, image_feats)), ks)
+
+
+def image_to_text_recall(text_feats: Tensor, image_feats: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Image ``q`` retrieves its own generated caption among all ``N`` captions (Chaffin et al.'s "text" side)."""
+    if text_feats.shape[0] != image_feats.shape[0]:
+        raise ValueError(f"{text_feats.shape[0]} captions for {image_feats.shape[0]} images: need one per image")
+    return rank_metrics(retrieval_ranks(cosine_matrix(image_feats, text_feats)), ks)
+
+
+def quality_metrics(captions: Sequence[str], self_bleu_max: int = 1000) -> dict[str, float]:
+    """Self-BLEU-4 (x100, on at most ``self_bleu_max`` captions), vocabulary size and mean length (words)."""
+    lengths = [len(simple_tokenize(c).split()) for c in captions]
+    return {"self_BLEU-4": self_bleu(list(captions), max_captions=self_bleu_max), "vocab_size": vocab_size(captions),
+            "mean_length": sum(lengths) / max(1, len(lengths))}
+
+
+@torch.no_grad()
+def encode_texts(model: nn.Module, tokenizer: Callable, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+    """``[N, D]`` float32 CLIP text embeddings (unnormalised) on the model's device."""
+    dev = next(model.parameters()).device
+    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(dev)).float()
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def encode_images(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """``[N, D]`` float32 CLIP image embeddings of preprocessed (centre-cropped) images ``[N, 3, H, W]``."""
+    dev = next(model.parameters()).device
+    return torch.cat([model.encode_image(images[i:i + batch_size].to(dev)).float()
+                      for i in range(0, images.shape[0], batch_size)])
+
+
+def distinctiveness_metrics(captions: Sequence[str], image_feats: Tensor, model: nn.Module, tokenizer: Callable,
+                            self_bleu_max: int = 1000) -> dict[str, float]:
+    """Every metric of this module for one caption per image.
+
+    Args:
+        captions: ``N`` generated captions, caption ``q`` for image ``q``.
+        image_feats: ``[N, D]`` embeddings of the images by ``model`` (see :func:`encode_images`).
+        model, tokenizer: the evaluation CLIP (its text tower encodes the captions).
+    Returns:
+        ``{"t2i/MRR", "t2i/R@1", ..., "i2t/MRR", ..., "self_BLEU-4", "vocab_size", "mean_length", "n"}``.
+    """
+    text = encode_texts(model, tokenizer, captions)
+    img = image_feats.to(text.device)
+    out = {f"t2i/{k}": v for k, v in clip_recall(text, img).items()}
+    out.update({f"i2t/{k}": v for k, v in image_to_text_recall(text, img).items()})
+    out.update(quality_metrics(captions, self_bleu_max))
+    out["n"] = len(captions)
+    return out

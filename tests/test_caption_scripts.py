@@ -1,0 +1,55 @@
+"""The captioning shell scripts fail at once, naming every missing input and how to get it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = ["tta_clipcap_c2f.sh", "tta_capdec_c2f.sh", "tta_clipcap_c2n.sh", "tta_capdec_c2n.sh",
+           "train_clipcap_coco.sh", "train_capdec_coco.sh"]
+
+
+def _run(script: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("CKPT", "ANN", "IMAGES", "COCO_ANN", "COCO_IMAGES")}
+    base.update(DATA_ROOT=str(tmp_path / "data"), PRETRAINED=str(tmp_path / "pretrained"),
+                OUTPUT=str(tmp_path / "output"), **env)
+    return subprocess.run(["bash", str(REPO / "scripts" / script), *args], capture_output=True, text=True,
+                          env=base, timeout=60)
+
+
+def test_first_command_fails_at_once_naming_missing_paths(tmp_path):
+    t0 = time.perf_counter()
+    r = _run("tta_clipcap_c2f.sh", tmp_path, "0")
+    assert r.returncode != 0 and time.perf_counter() - t0 < 10
+    err = r.stderr
+    for path in ("output/clipcap_opt125m_transformer_coco_01/ckpt-latest.pt",
+                 "data/flickr30k/annotations/flickr30k_test.json", "pretrained/opt-125m/config.json",
+                 "pretrained/clip/ViT-B-16.pt", "pretrained/clip/ViT-L-14.pt", "pretrained/clip/ViT-B-32.pt"):
+        assert str(tmp_path / path) in err, path
+    assert "huggingface-cli download facebook/opt-125m" in err and "train_clipcap_coco.sh" in err
+
+
+def test_only_the_missing_input_is_reported(tmp_path):
+    (tmp_path / "pretrained" / "clip").mkdir(parents=True)
+    (tmp_path / "pretrained" / "opt-125m").mkdir()
+    (tmp_path / "pretrained" / "opt-125m" / "config.json").write_text("{}")
+    for name in ("ViT-B-16", "ViT-L-14", "ViT-B-32"):
+        (tmp_path / "pretrained" / "clip" / f"{name}.pt").write_bytes(b"")
+    (tmp_path / "data" / "flickr30k" / "annotations").mkdir(parents=True)
+    (tmp_path / "data" / "flickr30k" / "annotations" / "flickr30k_test.json").write_text("[]")
+    r = _run("tta_clipcap_c2f.sh", tmp_path, "0")
+    assert r.returncode != 0
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "ckpt-latest.pt" in lines[0]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_checks_inputs_and_usage(tmp_path, script):
+    r = _run(script, tmp_path, "0")
+    assert r.returncode != 0 and "error:" in r.stderr and str(tmp_path) in r.stderr
+    r = _run(script, tmp_path)   # no GPU id
+    assert r.returncode != 0 and "usage" in r.stderr
