@@ -74,8 +74,10 @@ def _position(cx: float, cy: float, size: int) -> str:
     return row if col == "center" else f"{row} {col}"
 
 
-def _sample_scene(rng: np.random.Generator, ranges: SceneRanges, size: int, hard: tuple[str, ...]) -> dict:
-    label = int(rng.integers(len(CLASSNAMES)))
+def _sample_scene(rng: np.random.Generator, ranges: SceneRanges, size: int, hard: tuple[str, ...],
+                  label: int | None = None) -> dict:
+    drawn = int(rng.integers(len(CLASSNAMES)))
+    label = drawn if label is None else int(label)
     count = int(rng.choice([1, 2, 3], p=np.asarray(ranges.count_probs) / sum(ranges.count_probs)))
     if "small" in hard:
         count, size_word, rr = 1, "small", (0.12, 0.17)
@@ -264,9 +266,21 @@ def _subject(scene: dict, rng: np.random.Generator, colour: bool | None = None, 
     return f"{_article(phrase)} {phrase}" if n == 1 else f"{_COUNT_WORD[n]} {phrase}"
 
 
+def _dedup(caps: list[str]) -> list[str]:
+    out: list[str] = []
+    for c in caps:
+        if c not in out:
+            out.append(c)
+    return out
+
+
 def captions_for(scene: dict, style: str, rng: np.random.Generator, extra: dict, n: int = 5,
                  corruption: str | None = None) -> list[str]:
-    """``n`` distinct captions describing ``scene`` rendered in ``style`` (first: "a photo of ...")."""
+    """``n`` distinct captions describing ``scene`` rendered in ``style``.
+
+    Photo styles: the first is "a photo of ...", the second names colour, size or count and the
+    background, the third colour, size or count and the position; the rest are drawn at random.
+    """
     name, pl, cnt = scene["classname"], plural(scene["classname"]), scene["count"]
     pos, bg = scene["position"], scene["background"]
     has_colour = style not in ("sketch", "palette")
@@ -293,22 +307,21 @@ def captions_for(scene: dict, style: str, rng: np.random.Generator, extra: dict,
         if corruption is not None:
             adj = {"noise": "noisy", "blur": "blurry", "contrast": "low contrast", "jpeg": "jpeg compressed"}
             first = f"a {adj[corruption]} photo of {S()}."
-        pool = [first, f"{S()} on a {bg} background.", f"a picture of {S()}.", f"an image of {S()}.",
-                f"a {bg} background with {S()}.", f"{S()}.",
-                f"{S()} {where}." if cnt == 1 else f"a group of {_COUNT_WORD[cnt]} {pl}.",
-                f"there is {S()} {where}." if cnt == 1 else f"there are {S()} {where}.",
-                f"the {name} is {scene['colour']}." if cnt == 1 else f"the {pl} are {scene['colour']}."]
+        full = _subject(scene, rng, colour=True, size=True)
+        fixed = [first, f"{full} on a {bg} background.", f"{full} {where}."]
+        pool = fixed + [f"a picture of {S()}.", f"an image of {S()}.", f"a {bg} background with {S()}.", f"{S()}.",
+                        f"there is {S()} {where}." if cnt == 1 else f"there are {S()} {where}.",
+                        f"the {name} is {scene['colour']}." if cnt == 1 else f"the {pl} are {scene['colour']}."]
+        rest = [pool[i] for i in rng.permutation(np.arange(3, len(pool)))]
+        return _dedup(fixed + rest)[:n]
     rest = [pool[i] for i in rng.permutation(np.arange(1, len(pool)))]
-    out: list[str] = []
-    for c in [pool[0]] + rest:
-        if c not in out:
-            out.append(c)
+    out = _dedup([pool[0]] + rest)
     return out[:n]
 
 
 def make_sample(seed: int, key: str, index: int, image_size: int = 48, ranges: SceneRanges = SceneRanges(),
                 style: str = "photo", hard: tuple[str, ...] = (), corruption: tuple[str, int] | None = None,
-                draw_objects: bool = True, n_captions: int = 5) -> Sample:
+                draw_objects: bool = True, n_captions: int = 5, label: int | None = None) -> Sample:
     """Generate sample ``index`` of split ``key``.
 
     Args:
@@ -318,12 +331,13 @@ def make_sample(seed: int, key: str, index: int, image_size: int = 48, ranges: S
         hard: hardness factors (subset of :data:`HARDNESS`) for adversarial candidates.
         corruption: ``(kind, severity)`` applied after rendering, or ``None``.
         draw_objects: ``False`` renders the same sample without its objects (tests).
+        n_captions: captions per image; label: force the category (balanced splits).
 
     Returns:
         :class:`Sample` with ``image`` uint8 ``(S, S, 3)``.
     """
     rng = sample_rng(seed, key, index)
-    scene = _sample_scene(rng, ranges, image_size, hard)
+    scene = _sample_scene(rng, ranges, image_size, hard, label)
     cap_rng = np.random.default_rng(rng.integers(2 ** 63))
     rend_rng = np.random.default_rng(rng.integers(2 ** 63))
     corr_rng = np.random.default_rng(rng.integers(2 ** 63))

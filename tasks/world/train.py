@@ -27,7 +27,7 @@ from .augment import augment_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train_clip", "normalize", "class_text_features", "zero_shot_predict",
+__all__ = ["TrainConfig", "train_clip", "init_for_short_training", "normalize", "class_text_features", "zero_shot_predict",
            "zero_shot_accuracy", "main"]
 
 
@@ -41,6 +41,22 @@ class TrainConfig:
     warmup: int = 50
     seed: int = 0
     augment: str = "none"
+
+
+def init_for_short_training(model: torch.nn.Module) -> int:
+    """Set the last BatchNorm scale of every ``ModifiedResNet`` bottleneck to 1; return how many.
+
+    open_clip zero-initialises ``bn3.weight`` (the residual branch starts switched off), which
+    suits deep nets trained for long.  With one block per stage and a few hundred steps it leaves
+    the image tower almost linear at the start and learning stalls (dev: loss 2.8 vs 1.7 after
+    150 supervised steps).  Only the initial values change; the architecture is open_clip's.
+    """
+    n = 0
+    for name, p in model.named_parameters():
+        if name.startswith("visual.layer") and name.endswith("bn3.weight"):
+            torch.nn.init.ones_(p)
+            n += 1
+    return n
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +127,7 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if callback is not None:
             callback(step, losses[-1])
         if step % 10 == 0:

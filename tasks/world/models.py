@@ -1,0 +1,212 @@
+"""The world's three small CLIP models: policy, reward and filter.
+
+All three are ordinary open_clip ``CLIP`` models whose architectures are the JSON files in
+``tasks/world/model_configs`` (registered with ``open_clip.add_model_config``), created with
+``open_clip.create_model_and_transforms(name, pretrained=None)`` and trained with the CLIP loss
+(:func:`tasks.world.train.train_clip`):
+
+* ``policy`` (``World-Policy-ViT``): small, trained on clean ``train`` images (ViT-B/16 analogue);
+* ``reward`` (``World-Reward-ViT``): larger, trained on ``train`` + ``train_extra`` with heavy
+  augmentation that holds out the test shifts (ViT-L/14 analogue);
+* ``filter`` (``World-Filter-ViT``): a separate small model trained on clean ``train`` (other
+  architecture and seed than the policy) against which the ``adversarial`` split is filtered.
+
+Checkpoints are plain ``state_dict`` files ``<root>/<name>-<id>.pt`` that load through
+``open_clip.create_model(name, pretrained=path)``, with a sidecar ``<name>-<id>.json`` written
+last (world version and hash, training config, loss curve, timings, SHA-256 of the ``.pt``,
+``complete: true``).  ``<id>`` hashes the world config, the training config and the architecture
+JSON, so a cache made for another world or config is never picked up; a checkpoint whose sidecar
+is missing or whose bytes do not match the recorded hash (e.g. truncated) is retrained.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import open_clip
+import torch
+
+from .splits import WORLD_VERSION, WorldConfig, load_split_tensors
+from .train import TrainConfig, class_text_features, init_for_short_training, normalize, train_clip
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODEL_CONFIG_DIR", "ModelSpec", "model_specs", "register_world_models", "checkpoint_paths",
+           "checkpoint_is_valid", "ensure_world_model", "get_world_models", "load_world_clip", "filter_predictor"]
+
+MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
+WHICH = ("filter", "policy", "reward")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a world model is and how it is trained."""
+    which: str
+    name: str
+    train: TrainConfig
+    splits: tuple[str, ...]
+
+
+def model_specs(world: WorldConfig) -> dict[str, ModelSpec]:
+    """The three model specs (training hyper-parameters chosen on ``dev``)."""
+    return {
+        "filter": ModelSpec("filter", world.filter_model,
+                            TrainConfig(steps=world.filter_steps, lr=2e-3, seed=3, augment="none"), ("train",)),
+        "policy": ModelSpec("policy", "World-Policy-RN",
+                            TrainConfig(steps=600, lr=2e-3, seed=1, augment="none"), ("train",)),
+        "reward": ModelSpec("reward", "World-Reward-RN",
+                            TrainConfig(steps=700, lr=1e-3, seed=2, augment="heavy"), ("train", "train_extra")),
+    }
+
+
+def register_world_models() -> None:
+    """Register the world architectures with open_clip (idempotent)."""
+    names = {p.stem for p in MODEL_CONFIG_DIR.glob("*.json")}
+    if not names.issubset(open_clip.list_models()):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def _checkpoint_id(spec: ModelSpec, world: WorldConfig) -> str:
+    arch = json.loads((MODEL_CONFIG_DIR / f"{spec.name}.json").read_text())
+    blob = {"version": WORLD_VERSION, "world": world.hash(), "train": asdict(spec.train), "splits": spec.splits,
+            "arch": arch}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def checkpoint_paths(spec: ModelSpec, world: WorldConfig, root: str | Path) -> tuple[Path, Path]:
+    """``(<root>/<name>-<id>.pt, <root>/<name>-<id>.json)`` of ``spec`` in ``world``."""
+    stem = f"{spec.name}-{_checkpoint_id(spec, world)}"
+    return Path(root) / f"{stem}.pt", Path(root) / f"{stem}.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_is_valid(pt: Path, sidecar: Path) -> bool:
+    """True when ``sidecar`` marks a complete run and ``pt``'s bytes match its recorded hash."""
+    try:
+        meta = json.loads(sidecar.read_text())
+        return bool(meta.get("complete") is True and pt.is_file() and _sha256(pt) == meta.get("sha256"))
+    except (OSError, ValueError):
+        return False
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _train_world_model(spec: ModelSpec, world: WorldConfig, root: Path, data_root: str | Path,
+                       progress: bool) -> dict:
+    pt, sidecar = checkpoint_paths(spec, world, root)
+    register_world_models()
+    parts = [load_split_tensors(s, data_root, world=world) for s in spec.splits]
+    tokenizer = open_clip.get_tokenizer(spec.name)
+    images = torch.cat([p[0] for p in parts])
+    caps = [c for p in parts for cs in p[2] for c in cs]
+    tokens = tokenizer(caps).view(images.shape[0], world.n_captions, -1)
+    torch.manual_seed(spec.train.seed)
+    model = open_clip.create_model(spec.name, pretrained=None)
+    init_for_short_training(model)
+    logger.info("training %s (%s) on %s: %d images, %d steps", spec.which, spec.name, "+".join(spec.splits),
+                images.shape[0], spec.train.steps)
+    t0, c0 = time.time(), time.process_time()
+    losses = train_clip(model, images, tokens, spec.train, desc=spec.name, progress=progress)
+    wall, cpu = time.time() - t0, time.process_time() - c0
+    root.mkdir(parents=True, exist_ok=True)
+    if sidecar.exists():
+        sidecar.unlink()  # the marker goes first, so a crash below leaves no valid-looking pair
+    _atomic_write_bytes(pt, lambda p: torch.save(model.state_dict(), p))
+    meta = {"complete": True, "name": spec.name, "which": spec.which, "world_version": WORLD_VERSION,
+            "world_hash": world.hash(), "world": world.to_dict(), "train": asdict(spec.train),
+            "splits": list(spec.splits), "torch_threads": torch.get_num_threads(), "train_seconds": wall,
+            "train_cpu_seconds": cpu, "loss_curve": losses, "sha256": _sha256(pt)}
+    _atomic_write_bytes(sidecar, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    logger.info("%s trained in %.0fs (cpu %.0fs), final loss %.3f -> %s", spec.name, wall, cpu,
+                float(np.mean(losses[-20:])), pt)
+    return meta
+
+
+def ensure_world_model(which: str, root: str | Path = "pretrained/world", data_root: str | Path = "data/world",
+                       world: WorldConfig | None = None, retrain: bool = False, progress: bool = True) -> dict:
+    """Train ``which`` unless a valid checkpoint for this world/config exists; return its record."""
+    world = world or WorldConfig()
+    if which not in WHICH:
+        raise KeyError(f"unknown world model '{which}', expected one of {WHICH}")
+    spec = model_specs(world)[which]
+    pt, sidecar = checkpoint_paths(spec, world, root)
+    if retrain or not checkpoint_is_valid(pt, sidecar):
+        if pt.exists() or sidecar.exists():
+            logger.warning("checkpoint %s is missing, partial or corrupted (or retrain=True): retraining", pt)
+        meta = _train_world_model(spec, world, Path(root), data_root, progress)
+    else:
+        meta = json.loads(sidecar.read_text())
+    return {"which": which, "name": spec.name, "path": str(pt), "sidecar": str(sidecar),
+            "train_seconds": meta.get("train_seconds"), "train_cpu_seconds": meta.get("train_cpu_seconds"),
+            "sha256": meta.get("sha256")}
+
+
+def get_world_models(root: str | Path = "pretrained/world", device: str = "cpu", retrain: bool = False,
+                     data_root: str | Path = "data/world", world: WorldConfig | None = None,
+                     which: tuple[str, ...] = WHICH, progress: bool = True) -> dict[str, dict]:
+    """Make sure the world's models exist (training what is missing); ``{which: {name, path, ...}}``.
+
+    ``device`` is recorded for the caller (training runs on the CPU).
+    """
+    world = world or WorldConfig()
+    register_world_models()
+    out = {}
+    for w in which:
+        out[w] = ensure_world_model(w, root, data_root, world, retrain=retrain, progress=progress)
+        out[w]["device"] = device
+    return out
+
+
+def load_world_clip(which: str, root: str | Path = "pretrained/world", device: str = "cpu",
+                    data_root: str | Path = "data/world", world: WorldConfig | None = None):
+    """``(model, preprocess, tokenizer)`` of world model ``which`` ("policy" | "reward" | "filter").
+
+    Loaded through the ordinary ``open_clip.create_model_and_transforms(name, pretrained=path)``;
+    the model is in eval mode.  ``preprocess`` maps a ``PIL`` image to ``(3, S, S)``.
+    """
+    rec = ensure_world_model(which, root, data_root, world)
+    model, _, preprocess = open_clip.create_model_and_transforms(rec["name"], pretrained=rec["path"], device=device)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(rec["name"])
+
+
+def filter_predictor(root: str | Path = "pretrained/world", data_root: str | Path = "data/world",
+                     world: WorldConfig | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The filter model as ``predict(uint8 (B, H, W, 3)) -> labels (B,)``, plus its checkpoint hash."""
+    world = world or WorldConfig()
+    model, _, tok = load_world_clip("filter", root, "cpu", data_root, world)
+    rec = ensure_world_model("filter", root, data_root, world)
+    text = class_text_features(model, tok, world.classnames)
+
+    @torch.no_grad()
+    def predict(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        f = model.encode_image(normalize(x))
+        f = f / f.norm(dim=-1, keepdim=True)
+        return (f @ text.T).argmax(-1).numpy()
+
+    return predict, str(rec["sha256"])
