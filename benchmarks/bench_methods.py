@@ -65,7 +65,10 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=None)
     ap.add_argument("--classes", type=int, default=None)
     ap.add_argument("--methods", default=None, help="comma-separated subset, e.g. rlcf,tpt")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     p = dict(PRESETS[args.preset])
     views_n, n_cls = args.views or p["views"], args.classes or p["classes"]
     device = torch.device(args.device)
@@ -77,7 +80,8 @@ def main() -> None:
     reward = rlcf.CLIPReward(reward_clip, rtok)
     reward.set_candidates(class_prompts(classnames))
     snapshot = {k: v.clone() for k, v in policy_clip.state_dict().items()}
-    print(f"preset {args.preset}: policy {p['arch']} ({res}px), reward {p['reward']}, device {device}, amp {args.amp}")
+    print(f"preset {args.preset}: policy {p['arch']} ({res}px), reward {p['reward']}, device {device}, amp {args.amp}, "
+          f"threads {torch.get_num_threads()}")
     print("| method | policy | views | steps | classes | s/sample (median) | peak memory (MB) |")
     print("|---|---|---|---|---|---|---|")
     wanted = set(args.methods.split(",")) if args.methods else None
