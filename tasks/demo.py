@@ -111,7 +111,10 @@ def chart(results: dict, path: Path) -> None:
         ax.bar(np.arange(len(cols)) + j * width, vals, width, yerr=err, capsize=2, label=label)
     ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, [c.replace("_", " ") for c in cols])
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("RLCF on the embedded world (95% bootstrap CI)")
+    title = "RLCF on the embedded world (95% bootstrap CI)"
+    if results.get("placeholder"):
+        title = "PLACEHOLDER: random-weight models, chance-level by construction (95% bootstrap CI)"
+    ax.set_title(title)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
