@@ -147,12 +147,16 @@ def _train_world_model(spec: ModelSpec, world: WorldConfig, root: Path, data_roo
 
 
 def ensure_world_model(which: str, root: str | Path = "pretrained/world", data_root: str | Path = "data/world",
-                       world: WorldConfig | None = None, retrain: bool = False, progress: bool = True) -> dict:
-    """Train ``which`` unless a valid checkpoint for this world/config exists; return its record."""
+                       world: WorldConfig | None = None, retrain: bool = False, progress: bool = True,
+                       spec: ModelSpec | None = None) -> dict:
+    """Train ``which`` unless a valid checkpoint for this world/config exists; return its record.
+
+    ``spec`` overrides the default :func:`model_specs` entry (tests use tiny runs).
+    """
     world = world or WorldConfig()
     if which not in WHICH:
         raise KeyError(f"unknown world model '{which}', expected one of {WHICH}")
-    spec = model_specs(world)[which]
+    spec = spec or model_specs(world)[which]
     pt, sidecar = checkpoint_paths(spec, world, root)
     if retrain or not checkpoint_is_valid(pt, sidecar):
         if pt.exists() or sidecar.exists():
@@ -182,13 +186,14 @@ def get_world_models(root: str | Path = "pretrained/world", device: str = "cpu",
 
 
 def load_world_clip(which: str, root: str | Path = "pretrained/world", device: str = "cpu",
-                    data_root: str | Path = "data/world", world: WorldConfig | None = None):
+                    data_root: str | Path = "data/world", world: WorldConfig | None = None,
+                    spec: ModelSpec | None = None):
     """``(model, preprocess, tokenizer)`` of world model ``which`` ("policy" | "reward" | "filter").
 
     Loaded through the ordinary ``open_clip.create_model_and_transforms(name, pretrained=path)``;
     the model is in eval mode.  ``preprocess`` maps a ``PIL`` image to ``(3, S, S)``.
     """
-    rec = ensure_world_model(which, root, data_root, world)
+    rec = ensure_world_model(which, root, data_root, world, spec=spec)
     model, _, preprocess = open_clip.create_model_and_transforms(rec["name"], pretrained=rec["path"], device=device)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(rec["name"])

@@ -33,7 +33,13 @@ __all__ = ["TrainConfig", "train_clip", "init_for_short_training", "normalize", 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one contrastive training run."""
+    """Hyper-parameters of one contrastive training run.
+
+    ``first_caption_p``: probability of training on an image's first, alt-text-like caption
+    ("a photo of a star."); the others are drawn uniformly.  The attribute captions let the
+    contrastive loss be solved by colour / background / position shortcuts, so a pure uniform
+    draw learns the category (shape) late (dev zero-shot 27 % after 600 steps).
+    """
     steps: int = 600
     batch_size: int = 128
     lr: float = 1e-3
@@ -41,6 +47,7 @@ class TrainConfig:
     warmup: int = 50
     seed: int = 0
     augment: str = "none"
+    first_caption_p: float = 0.5
 
 
 def init_for_short_training(model: torch.nn.Module) -> int:
@@ -115,7 +122,8 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
             perm, pos = torch.randperm(n, generator=g), 0
         idx = perm[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        cap = torch.randint(k, (len(idx),), generator=g)
+        cap = torch.randint(1, k, (len(idx),), generator=g) if k > 1 else torch.zeros(len(idx), dtype=torch.long)
+        cap = torch.where(torch.rand(len(idx), generator=g) < cfg.first_caption_p, torch.zeros_like(cap), cap)
         x = images[idx].float() / 255.0
         x = normalize(augment_batch(x, g, cfg.augment))
         for group in opt.param_groups:

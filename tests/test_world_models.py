@@ -1,0 +1,116 @@
+"""Tests of the world's CLIP models: training, checkpoints, cache validity (tiny runs, CPU, < 60 s)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import open_clip
+import pytest
+import torch
+
+from tasks.world.models import (ModelSpec, checkpoint_is_valid, checkpoint_paths, ensure_world_model,
+                                load_world_clip, model_specs, register_world_models)
+from tasks.world.splits import WorldConfig, load_split_tensors
+from tasks.world.train import TrainConfig, init_for_short_training, normalize, train_clip, zero_shot_accuracy
+
+torch.set_num_threads(2)
+
+TINY = {"train": 48, "train_extra": 16, "dev": 8, "val": 8, "v2": 4, "sketch": 4, "rendition": 4,
+        "adversarial": 2, "corrupt": 4}
+
+
+@pytest.fixture(scope="module")
+def world() -> WorldConfig:
+    return WorldConfig(sizes=dict(TINY), filter_steps=2)
+
+
+def tiny_spec(world: WorldConfig, which: str = "policy", steps: int = 2) -> ModelSpec:
+    s = model_specs(world)[which]
+    return replace(s, train=replace(s.train, steps=steps, batch_size=16, warmup=1))
+
+
+def test_configs_registered_and_tokenizer_offline() -> None:
+    register_world_models()
+    for name in ("World-Policy-RN", "World-Reward-RN", "World-Filter-RN"):
+        assert name in open_clip.list_models()
+        tok = open_clip.get_tokenizer(name)
+        assert isinstance(tok, open_clip.tokenizer.SimpleTokenizer) and tok(["a photo of a star."]).shape == (1, 20)
+
+
+def test_short_training_lowers_loss(tmp_path, world) -> None:
+    register_world_models()
+    images, _, caps = load_split_tensors("train", root=tmp_path, world=world)
+    images, caps = images[:32], caps[:32]
+    tok = open_clip.get_tokenizer("World-Policy-RN")
+    tokens = tok([c for cs in caps for c in cs]).view(32, 5, -1)
+    torch.manual_seed(0)
+    model = open_clip.create_model("World-Policy-RN", pretrained=None)
+    assert init_for_short_training(model) == 4
+    cfg = TrainConfig(steps=30, batch_size=32, lr=2e-3, warmup=3, seed=0)
+    losses = train_clip(model, images, tokens, cfg, progress=False)
+    assert len(losses) == 30 and all(map(lambda v: v == v, losses))
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_training_is_deterministic(tmp_path, world) -> None:
+    images, _, caps = load_split_tensors("train", root=tmp_path, world=world)
+    tok = open_clip.get_tokenizer("World-Filter-RN")
+    tokens = tok([c for cs in caps for c in cs]).view(len(caps), 5, -1)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = open_clip.create_model("World-Filter-RN", pretrained=None)
+        runs.append(train_clip(m, images, tokens, TrainConfig(steps=3, batch_size=16, seed=5, augment="heavy"),
+                               progress=False))
+    assert runs[0] == runs[1]
+
+
+def test_checkpoint_reloads_through_open_clip(tmp_path, world) -> None:
+    spec = tiny_spec(world)
+    rec = ensure_world_model("policy", tmp_path / "m", tmp_path / "d", world, spec=spec, progress=False)
+    side = json.loads(open(rec["sidecar"]).read())
+    assert side["complete"] and side["world_hash"] == world.hash() and len(side["loss_curve"]) == 2
+    model, preprocess, tok = load_world_clip("policy", tmp_path / "m", data_root=tmp_path / "d", world=world,
+                                             spec=spec)
+    plain = open_clip.create_model("World-Policy-RN", pretrained=rec["path"]).eval()
+    images, labels, _ = load_split_tensors("val", root=tmp_path / "d", world=world)
+    with torch.no_grad():
+        a = model.encode_image(normalize(images))
+        b = plain.encode_image(normalize(images))
+        assert torch.equal(a, b)
+        assert torch.equal(model.encode_text(tok(["a photo of a star."])), plain.encode_text(tok(["a photo of a star."])))
+        # the open_clip preprocess of the PIL image equals the in-memory normalisation
+        from PIL import Image
+        pil = Image.fromarray(images[0].permute(1, 2, 0).numpy())
+        assert torch.allclose(preprocess(pil), normalize(images[:1])[0], atol=1e-6)
+    acc = zero_shot_accuracy(model, tok, images, labels, world.classnames)
+    assert 0.0 <= acc <= 1.0
+
+
+def test_truncated_checkpoint_is_retrained(tmp_path, world) -> None:
+    spec = tiny_spec(world)
+    rec = ensure_world_model("policy", tmp_path / "m", tmp_path / "d", world, spec=spec, progress=False)
+    pt, side = checkpoint_paths(spec, world, tmp_path / "m")
+    good = pt.read_bytes()
+    pt.write_bytes(good[: len(good) // 3])  # killed mid-save
+    assert not checkpoint_is_valid(pt, side)
+    rec2 = ensure_world_model("policy", tmp_path / "m", tmp_path / "d", world, spec=spec, progress=False)
+    assert checkpoint_is_valid(pt, side) and rec2["path"] == rec["path"]
+    open_clip.create_model("World-Policy-RN", pretrained=str(pt))  # loads
+    side.unlink()  # no completion marker: not trusted either
+    assert not checkpoint_is_valid(pt, side)
+    ensure_world_model("policy", tmp_path / "m", tmp_path / "d", world, spec=spec, progress=False)
+    assert checkpoint_is_valid(pt, side)
+
+
+def test_cache_of_other_world_or_config_is_not_reused(tmp_path, world) -> None:
+    spec = tiny_spec(world)
+    other_world = replace(world, seed=world.seed + 1)
+    longer = tiny_spec(world, steps=3)
+    paths = {checkpoint_paths(spec, world, tmp_path)[0], checkpoint_paths(spec, other_world, tmp_path)[0],
+             checkpoint_paths(longer, world, tmp_path)[0]}
+    assert len(paths) == 3
+    rec = ensure_world_model("policy", tmp_path / "m", tmp_path / "d", world, spec=spec, progress=False)
+    rec_other = ensure_world_model("policy", tmp_path / "m", tmp_path / "d", other_world, spec=spec, progress=False)
+    assert rec_other["path"] != rec["path"]
+    assert json.loads(open(rec_other["sidecar"]).read())["world_hash"] == other_world.hash()
