@@ -9,30 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..common.clip import checkpoint_problems
 from ..common.config import load_config
 from .run import split_set_ids
 from .task import DEFAULTS
 
-WEIGHTS_HINT = ("OpenAI CLIP checkpoints (e.g. ViT-B-16.pt, ViT-L-14.pt) go under $PRETRAINED/clip/; "
-                "see pretrained/README.md for where to get them.")
-
-
-def _is_path(value: str | None) -> bool:
-    return bool(value) and ("/" in value or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors"))
-
-
 def problems(cfg: dict) -> list[str]:
-    out = []
-    specs = [("policy model", cfg["model"])]
-    if cfg["method"] not in ("zeroshot", "tpt", "ctpt", "zero", "tda"):
-        specs += [("reward model", s) for s in (cfg["reward"]["ensemble"] or [cfg["reward"]])]
-    for what, spec in specs:
-        if spec["arch"].startswith("world:"):
-            continue
-        if _is_path(spec.get("pretrained")) and not Path(spec["pretrained"]).is_file():
-            out.append(f"{what} checkpoint not found: {spec['pretrained']}. {WEIGHTS_HINT}")
-        if spec.get("config_file") and not Path(spec["config_file"]).is_file():
-            out.append(f"{what} config not found: {spec['config_file']}")
+    import tasks.classification  # noqa: F401  (peer methods are registered there)
+
+    out = checkpoint_problems(cfg)
     if cfg["prompt"]["coop"] and not Path(cfg["prompt"]["coop"]).is_file():
         out.append(f"CoOp prompt checkpoint not found: {cfg['prompt']['coop']} (the official "
                    "coop_16shots_nctx4_cscFalse_ctpend_vitb16_seed1 weights; or set prompt.coop=null for plain RLCF)")

@@ -20,7 +20,7 @@ from .data import MissingDataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle", "build_clip", "resolve_device", "build_reward",
+__all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle", "build_clip", "resolve_device", "build_reward", "checkpoint_problems",
            "eot_index", "text_features", "text_features_from_embeddings", "encode_texts"]
 
 ClipBundle = tuple[nn.Module, Callable, Callable]
@@ -191,3 +191,30 @@ def text_features(clip: nn.Module, tokens: Tensor, truncate: bool = True, chunk:
 def encode_texts(clip: nn.Module, tokens: Tensor, chunk: int | None = 256, truncate: bool = True) -> Tensor:
     """Normalised text features ``[N, D]`` (float32) of token ids by a frozen text tower."""
     return F.normalize(text_features(clip, tokens, truncate, chunk).float(), dim=-1)
+
+
+WEIGHTS_HINT = ("OpenAI CLIP checkpoints (ViT-B-16.pt, ViT-L-14.pt; for RLCF-S also ViT-L-14-336px.pt and RN50x64.pt) "
+                "go under $PRETRAINED/clip/; see pretrained/README.md.")
+
+
+def _is_path(value: str | None) -> bool:
+    return bool(value) and ("/" in value or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors"))
+
+
+def checkpoint_problems(cfg: dict) -> list[str]:
+    """Missing checkpoint / architecture files of a run config's policy model and, when its method
+    needs one, reward model(s): one human-readable line each (the scripts' pre-flight check)."""
+    import rlcf
+
+    specs = [("policy model", cfg["model"])]
+    if rlcf.get_method(cfg["method"]).needs_reward:
+        specs += [("reward model", s) for s in (cfg["reward"]["ensemble"] or [cfg["reward"]])]
+    out = []
+    for what, spec in specs:
+        if spec["arch"].startswith("world:"):
+            continue
+        if _is_path(spec.get("pretrained")) and not Path(spec["pretrained"]).is_file():
+            out.append(f"{what} checkpoint not found: {spec['pretrained']}. {WEIGHTS_HINT}")
+        if spec.get("config_file") and not Path(spec["config_file"]).is_file():
+            out.append(f"{what} config not found: {spec['config_file']}")
+    return out
