@@ -125,7 +125,7 @@ TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `pyth
     "tpt-prompt.yaml": [1e-3, 5e-3, 2e-2],
     "ctpt-prompt.yaml": [1e-3, 5e-3, 2e-2],
     "rlcf-prompt.yaml": [2e-3, 7e-3, 2e-2],
-    "rlcf-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4],
+    "rlcf-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
     "kd-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4],
 }
 
@@ -149,7 +149,7 @@ def tune(out: Path, limit: int, views: int | None) -> dict:
 
 PLACEHOLDER_NOTE = ("PLACEHOLDER RUN: tiny RANDOM-WEIGHT CLIP models (configs/models/RLCF-Tiny-*.json) on the world's "
                     "images. It checks the whole pipeline end to end; its accuracies are chance-level by construction "
-                    "and say nothing about the methods. Run `bash scripts/demo.sh --world` for the trained world models.")
+                    "and say nothing about the methods. Run `bash scripts/demo.sh` (without --placeholder) for the trained world models.")
 
 
 def placeholder_overrides() -> list[str]:
@@ -163,14 +163,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer samples and views (a few minutes)")
     ap.add_argument("--all-methods", action="store_true", help="also the peer methods (C-TPT, ZERO, TDA, KD, ensemble)")
-    ap.add_argument("--limit", type=int, default=None, help="samples per split (default: all; --quick: 60)")
+    ap.add_argument("--limit", type=int, default=None, help="samples per split, a seeded random subset (default 160; --quick: 60; 0: all)")
     ap.add_argument("--out", default="output/demo")
     ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev split only")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: the world's small models gain nothing from more, and lose under load)")
-    ap.add_argument("--world", action="store_true",
-                    help="use the world's trained CLIP models (trains them on first use); default: the placeholder run")
+    ap.add_argument("--placeholder", action="store_true",
+                    help="tiny random-weight CLIPs instead of the world's trained models (a pipeline check in seconds)")
+    ap.add_argument("--world", action="store_true", help=argparse.SUPPRESS)   # the default; kept for old commands
     args = ap.parse_args(argv)
+    args.world = not args.placeholder
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
     import torch
@@ -186,7 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
         extra = placeholder_overrides()
         args.limit = args.limit if args.limit is not None else 40
         args.quick = True
-    limit = args.limit if args.limit is not None else (60 if args.quick else None)
+    # 160 per split keeps a first run (world + models + table) near 15 min on 2 cores; --limit 0: every sample
+    limit = args.limit if args.limit is not None else (60 if args.quick else 160)
+    limit = limit or None
     views = 16 if args.quick else None
     out = Path(args.out)
     if args.tune:

@@ -6,7 +6,7 @@ from tasks import demo
 
 def test_demo_placeholder_runs_end_to_end_and_reports_every_row(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_ROOT", str(tmp_path / "data"))
-    results = demo.main(["--limit", "3", "--out", str(tmp_path / "out")])
+    results = demo.main(["--placeholder", "--limit", "3", "--out", str(tmp_path / "out")])
     saved = json.loads((tmp_path / "out" / "placeholder" / "results.json").read_text())
     assert saved["placeholder"] is True and "RANDOM-WEIGHT" in saved["note"]
     assert list(saved["rows"]) == [label for label, _ in demo.ROWS]

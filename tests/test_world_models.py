@@ -114,3 +114,31 @@ def test_cache_of_other_world_or_config_is_not_reused(tmp_path, world) -> None:
     rec_other = ensure_world_model("policy", tmp_path / "m", tmp_path / "d", other_world, spec=spec, progress=False)
     assert rec_other["path"] != rec["path"]
     assert json.loads(open(rec_other["sidecar"]).read())["world_hash"] == other_world.hash()
+
+
+def test_cached_checkpoint_loads_in_a_process_that_never_registered_the_configs(tmp_path, world) -> None:
+    """A second process finds a valid cache and trains nothing, so loading must register the architecture."""
+    from open_clip import factory
+
+    spec = tiny_spec(world)
+    ensure_world_model("policy", tmp_path / "m", tmp_path / "d", world, spec=spec, progress=False)
+    saved = factory._MODEL_CONFIGS.pop(spec.name)
+    try:
+        model, _, _ = load_world_clip("policy", tmp_path / "m", data_root=tmp_path / "d", world=world, spec=spec)
+        assert model.visual.image_size == world.image_size
+    finally:
+        factory._MODEL_CONFIGS[spec.name] = saved
+
+
+def test_augment_from_keeps_the_first_steps_clean(tmp_path, world) -> None:
+    images, _, caps = load_split_tensors("train", root=tmp_path, world=world)
+    tok = open_clip.get_tokenizer("World-Filter-RN")
+    tokens = tok([c for cs in caps for c in cs]).view(len(caps), 5, -1)
+    runs = {}
+    for name, cfg in {"clean": TrainConfig(steps=3, batch_size=16, seed=5),
+                      "late": TrainConfig(steps=3, batch_size=16, seed=5, augment="heavy", augment_from=3),
+                      "heavy": TrainConfig(steps=3, batch_size=16, seed=5, augment="heavy")}.items():
+        torch.manual_seed(0)
+        runs[name] = train_clip(open_clip.create_model("World-Filter-RN", pretrained=None), images, tokens, cfg,
+                                progress=False)
+    assert runs["late"] == runs["clean"] and runs["heavy"] != runs["clean"]

@@ -15,6 +15,8 @@ import torch
 import rlcf
 from rlcf.engine import AdaptConfig
 
+from rlcf.reward import input_resolution
+
 from ..common.clip import build_clip, resolve_device
 from ..common.clip import build_reward as build_reward_models
 from .metrics import classification_metrics
@@ -96,7 +98,7 @@ class ClassificationTask:
         torch.manual_seed(cfg["run"]["seed"])   # random-weight models and sampling are reproducible
         dataset = build_dataset_from_config(cfg)
         clip, _, tok = build_clip(cfg["model"], device)
-        res = cfg["views"]["resolution"] or int(clip.visual.image_size[0])
+        res = cfg["views"]["resolution"] or input_resolution(clip)
         mcls = rlcf.get_method(cfg["method"])
         reward = build_reward(cfg, dataset.classnames, device, res) if mcls.needs_reward else None
         policy = build_policy(cfg["policy"], clip, dataset.classnames, tok, cfg, dataset.templates).to(device)

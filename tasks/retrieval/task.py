@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 import rlcf
 from rlcf.engine import AdaptConfig
 
+from rlcf.reward import input_resolution
+
 from ..common.clip import build_clip, resolve_device
 from ..common.clip import build_reward as build_reward_models
 from .data import RetrievalData, build_retrieval_data
@@ -125,8 +127,7 @@ class RetrievalTask:
         data = data if data is not None else build_retrieval_data(cfg["data"])
         clip, preprocess, tok = build_clip(cfg["model"], device)
         r = cfg["retrieval"]
-        res = int(clip.visual.image_size[0] if isinstance(clip.visual.image_size, (tuple, list))
-                  else clip.visual.image_size)
+        res = input_resolution(clip)
         mcls = rlcf.get_method(cfg["method"])
         reward = build_reward(cfg, device, res) if mcls.needs_reward else None
         if direction == "i2t":

@@ -2,10 +2,11 @@
 
 The *reward* model is trained with heavy augmentation: random resized crop + flip, colour jitter
 (hue rotation, saturation down to grayscale, brightness, mild contrast), inversion, edge maps
-(Sobel magnitude, light edges on a dark ground) and Gaussian noise.  Held out on purpose, so that
-its robustness on the test shifts comes from generalisation: blur, JPEG, strong contrast loss,
-pixel art, textures, false colour / posterisation, cartoon outlines, hand-drawn dark-on-light
-strokes, clutter and occlusion.  The *policy* and *filter* models see clean images (``"none"``).
+(Sobel magnitude: light edges on a dark ground, or inverted, dark on light) and Gaussian noise:
+generic image operations, the analogue of the web's variety seen by a large CLIP.  Held out on
+purpose, so that its robustness on the test shifts comes from generalisation: the sketch
+renderer's strokes (line width, jitter, paper), blur, JPEG, strong contrast loss, pixel art,
+textures, false colour / posterisation, cartoon outlines, clutter and occlusion.  The *policy* and *filter* models see clean images (``"none"``).
 
 All functions take and return float images ``(B, 3, H, W)`` in ``[0, 1]`` and draw their random
 numbers from an explicit ``torch.Generator`` (deterministic).
@@ -77,8 +78,8 @@ def edge_map(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def augment_batch(x: torch.Tensor, g: torch.Generator, kind: str = "heavy") -> torch.Tensor:
     """Augment a batch ``(B, 3, H, W)`` in ``[0, 1]``; ``kind`` in :data:`AUGMENTATIONS`.
 
-    ``light``: crop + flip.  ``heavy``: crop + flip, colour jitter (p 0.8), then exactly one of
-    edge map (p 0.2) or inversion (p 0.1), then Gaussian noise (p 0.3, sigma up to 0.15).
+    ``light``: crop + flip.  ``heavy``: crop + flip, colour jitter (p 0.8), then
+    edge map (p 0.25), inversion (p 0.5 after an edge map, else 0.1), then Gaussian noise (p 0.3, sigma up to 0.15).
     """
     if kind == "none":
         return x
@@ -90,9 +91,10 @@ def augment_batch(x: torch.Tensor, g: torch.Generator, kind: str = "heavy") -> t
     b = x.shape[0]
     sel = torch.rand(b, generator=g) < 0.8
     x = torch.where(sel[:, None, None, None], colour_jitter(x, g), x)
-    r = torch.rand(b, generator=g)
-    x = torch.where((r < 0.2)[:, None, None, None], edge_map(x, g), x)
-    x = torch.where(((r >= 0.2) & (r < 0.3))[:, None, None, None], 1 - x, x)
+    edges = torch.rand(b, generator=g) < 0.25
+    x = torch.where(edges[:, None, None, None], edge_map(x, g), x)
+    inv = torch.rand(b, generator=g) < torch.where(edges, 0.5, 0.1)
+    x = torch.where(inv[:, None, None, None], 1 - x, x)
     sigma = _u(g, b, 0.0, 0.15) * (torch.rand(b, generator=g) < 0.3)
     x = x + sigma[:, None, None, None] * torch.randn(x.shape, generator=g)
     return x.clamp(0, 1)

@@ -29,8 +29,8 @@ __all__ = ["SceneRanges", "Sample", "make_sample", "sample_sdf", "captions_for",
 
 STYLES = ("photo", "sketch", "texture", "pixel", "cartoon", "palette")
 HARDNESS = ("clutter", "occlusion", "small", "lowcontrast", "rotation")
-_SIZE_RADIUS = {"small": (0.14, 0.20), "medium": (0.21, 0.29), "large": (0.30, 0.40)}  # x image size
-_MULTI_RADIUS = {2: (0.14, 0.22), 3: (0.13, 0.18)}
+_SIZE_RADIUS = {"small": (0.15, 0.21), "medium": (0.21, 0.29), "large": (0.30, 0.40)}  # x image size
+_MULTI_RADIUS = {2: (0.16, 0.23), 3: (0.14, 0.19)}
 _COUNT_WORD = {1: "a", 2: "two", 3: "three"}
 
 
@@ -41,7 +41,7 @@ class SceneRanges:
     radius_scale: float = 1.0
     aspect_jitter: float = 0.0
     colour_jitter: float = 14.0
-    count_probs: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    count_probs: tuple[float, float, float] = (0.8, 0.14, 0.06)
     shading: float = 30.0
     bg_gradient: float = 20.0
     noise: float = 3.0

@@ -60,9 +60,10 @@ def model_specs(world: WorldConfig) -> dict[str, ModelSpec]:
         "filter": ModelSpec("filter", world.filter_model,
                             TrainConfig(steps=world.filter_steps, lr=2e-3, seed=3, augment="none"), ("train",)),
         "policy": ModelSpec("policy", "World-Policy-RN",
-                            TrainConfig(steps=600, lr=2e-3, seed=1, augment="none"), ("train",)),
+                            TrainConfig(steps=1600, batch_size=64, lr=2e-3, seed=1, augment="none"), ("train",)),
         "reward": ModelSpec("reward", "World-Reward-RN",
-                            TrainConfig(steps=700, lr=1e-3, seed=2, augment="heavy"), ("train", "train_extra")),
+                            TrainConfig(steps=1800, batch_size=64, lr=2e-3, seed=2, augment="heavy", augment_from=500),
+                            ("train", "train_extra")),
     }
 
 
@@ -193,6 +194,7 @@ def load_world_clip(which: str, root: str | Path = "pretrained/world", device: s
     Loaded through the ordinary ``open_clip.create_model_and_transforms(name, pretrained=path)``;
     the model is in eval mode.  ``preprocess`` maps a ``PIL`` image to ``(3, S, S)``.
     """
+    register_world_models()   # a cached checkpoint needs its architecture registered in this process too
     rec = ensure_world_model(which, root, data_root, world, spec=spec)
     model, _, preprocess = open_clip.create_model_and_transforms(rec["name"], pretrained=rec["path"], device=device)
     model.eval()

@@ -82,7 +82,7 @@ class WorldConfig:
     sizes: dict[str, int] = field(default_factory=_default_sizes)
     ranges: SceneRanges = SceneRanges()
     v2_ranges: SceneRanges = SceneRanges(rotation_deg=30.0, radius_scale=0.9, aspect_jitter=0.1,
-                                         colour_jitter=24.0, count_probs=(0.62, 0.24, 0.14), shading=40.0,
+                                         colour_jitter=24.0, count_probs=(0.7, 0.2, 0.1), shading=40.0,
                                          bg_gradient=30.0, noise=5.0)
     adversarial_hardness: int = 2
     adversarial_max_candidates: int = 40  # per kept sample

@@ -39,6 +39,10 @@ class TrainConfig:
     ("a photo of a star."); the others are drawn uniformly.  The attribute captions let the
     contrastive loss be solved by colour / background / position shortcuts, so a pure uniform
     draw learns the category (shape) late (dev zero-shot 27 % after 600 steps).
+
+    ``augment_from``: clean images for the first steps, then ``augment``.  From scratch, the
+    loss sits on a plateau until the text tower tells the class prompts apart; heavy augmentation
+    stretches that plateau (dev: ~1000 steps instead of ~300), so it is switched on after it.
     """
     steps: int = 600
     batch_size: int = 128
@@ -48,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     augment: str = "none"
     first_caption_p: float = 0.6
+    augment_from: int = 0
 
 
 def init_for_short_training(model: torch.nn.Module, token_std: float = 1.0) -> int:
@@ -117,8 +122,11 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
     g = torch.Generator().manual_seed(cfg.seed)
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
     other = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    # the fused kernel is ~7x faster on CPU than the per-tensor loop (most of it: the 49408-row token
+    # embedding); same update rule
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    model.to(memory_format=torch.channels_last)  # ~25 % faster convolutions on CPU
     loss_fn = ClipLoss()
     model.train()
     losses: list[float] = []
@@ -133,7 +141,8 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
         cap = torch.randint(1, k, (len(idx),), generator=g) if k > 1 else torch.zeros(len(idx), dtype=torch.long)
         cap = torch.where(torch.rand(len(idx), generator=g) < cfg.first_caption_p, torch.zeros_like(cap), cap)
         x = images[idx].float() / 255.0
-        x = normalize(augment_batch(x, g, cfg.augment))
+        kind = cfg.augment if step >= cfg.augment_from else "none"
+        x = normalize(augment_batch(x, g, kind)).contiguous(memory_format=torch.channels_last)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         img_f, txt_f, scale = model(x, tokens[idx, cap])[:3]
@@ -209,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for which in ("filter", "policy", "reward"):
         model, _, tok = load_world_clip(which, root=args.model_root, data_root=args.data_root, world=world)
         for split in args.splits:
-            imgs, labels, _ = load_split_tensors(split, root=args.data_root, world=world)
+            imgs, labels, _ = load_split_tensors(split, root=args.data_root, world=world, model_root=args.model_root)
             acc = zero_shot_accuracy(model, tok, imgs, labels, world.classnames)
             table.setdefault(which, {})[split] = acc
     ood = ("v2", "sketch", "rendition", "adversarial")
