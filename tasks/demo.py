@@ -7,7 +7,9 @@
 2. runs every method row on ``val`` and on each shifted split through the same resumable runner
    as the real benchmarks (per-sample records under ``<out>/<row>/<split>/``);
 3. prints a table in the form of the RLCF paper's Table 1 (per split and OOD average, with
-   bootstrap 95% confidence intervals) and writes ``results.json``, ``results.md`` and ``results.png``.
+   bootstrap 95% confidence intervals) and writes ``results.json``, ``results.md`` and ``results.png``;
+4. adds the caption part (``tasks.captioning.world_demo --quick``: a tiny ClipCap before / after RLCF
+   on ``rendition``) to ``results.md`` (``--no-captions`` skips it).
 
 Method hyperparameters for the world were chosen on the ``dev`` split only (``configs/world/``).
 """
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="torch CPU threads (1: the world's small models gain nothing from more, and lose under load)")
     ap.add_argument("--placeholder", action="store_true",
                     help="tiny random-weight CLIPs instead of the world's trained models (a pipeline check in seconds)")
+    ap.add_argument("--no-captions", action="store_true",
+                    help="skip the caption part (a tiny ClipCap trained on world/train, RLCF-adapted on world/rendition)")
     ap.add_argument("--world", action="store_true", help=argparse.SUPPRESS)   # the default; kept for old commands
     args = ap.parse_args(argv)
     args.world = not args.placeholder
@@ -223,6 +227,15 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "results.md").write_text(PLACEHOLDER_NOTE + "\n\n" + table)
     print("\nRLCF on the embedded world: top-1 % (95% bootstrap CI); OOD avg = mean of " + ", ".join(ood))
     print(table)
+    if args.world and not args.no_captions:
+        from .captioning.world_demo import main as caption_demo
+
+        caption_demo(["--quick", "--out-dir", str(out / "captions"), "--threads", str(args.threads)])
+        captions_md = (out / "captions" / "results.md").read_text()
+        (out / "results.md").write_text(table + "\n" + captions_md.replace("# ", "## ", 1))
+        print(captions_md)
+        results["minutes"] = (time.time() - t0) / 60
+        (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"results: {out}/results.json, results.md, results.png ({results['minutes']:.1f} min)")
     return results
 
