@@ -13,31 +13,5 @@
 #   DOMAINS ["in near out"]
 # Results: $OUTPUT/capdec_opt125m_transformer_coco_01/coco2nocaps_tta_01/<domain>/summary.md (and .json, records).
 set -euo pipefail
-GPU=${1:?usage: bash scripts/tta_capdec_c2n.sh GPU_ID [key.sub=value ...]}
-shift
-source "$(dirname "$0")/../tasks/captioning/paths.sh"
-NAME=capdec_opt125m_transformer_coco_01
-CONFIG=configs/captioning/capdec-c2n.yaml
-CKPT=${CKPT:-$OUTPUT/$NAME/ckpt-latest.pt}
-ANN=${ANN:-$DATA_ROOT/nocaps/annotations/nocaps_val_4500_captions.json}
-IMAGES=${IMAGES:-$DATA_ROOT/nocaps/images}
-DOMAINS=${DOMAINS:-in near out}
-
-need "$CKPT" "CapDec captioner checkpoint" \
-  "Train it: bash scripts/train_capdec_coco.sh $GPU, or unzip the official $NAME.zip (github.com/mzhaoshuai/RLCF/releases/tag/0.0.1) into $OUTPUT/, or set CKPT."
-need "$ANN" "NoCaps validation captions" \
-  "Download nocaps_val_4500_captions.json (nocaps.org/download, https://nocaps.s3.amazonaws.com/nocaps_val_4500_captions.json), or set ANN."
-need "$IMAGES" "NoCaps validation images folder" \
-  "Download the images listed in that file (each image's coco_url; Open Images V4 validation), or set IMAGES."
-need_opt
-need_clip ViT-B-16
-need_clip ViT-L-14
-need_clip ViT-B-32
-fail_if_missing
-
-pick_gpu "$GPU"
-cd "$ROOT"
-for d in $DOMAINS; do
-  python -m tasks.captioning.tta --config "$CONFIG" captioner.checkpoint="$CKPT" data.annotations="$ANN" \
-    data.images_root="$IMAGES" data.domain="$d" run.out_dir="$OUTPUT/$NAME/coco2nocaps_tta_01/$d" "$@"
-done
+MODEL=capdec LABEL=CapDec
+source "$(dirname "$0")/../tasks/captioning/tta_c2n.sh"

@@ -1,4 +1,4 @@
-# Shared by scripts/{train,tta}_{clipcap,capdec}_*.sh (sourced, not run). Resolves the data / weights /
+# Shared by scripts/{train,tta}_{clipcap,capdec}_*.sh (sourced, not run; the TTA scripts via tta_c2f.sh / tta_c2n.sh). Resolves the data / weights /
 # output roots from the environment and checks the inputs before anything heavy starts.
 #   DATA_ROOT   datasets            (default: <repo>/data)
 #   PRETRAINED  CLIP and OPT weights (default: <repo>/pretrained)

@@ -1,0 +1,25 @@
+# Body of scripts/tta_{clipcap,capdec}_c2f.sh (sourced after they set MODEL=clipcap|capdec and LABEL).
+GPU=${1:?usage: bash scripts/$(basename "$0") GPU_ID [key.sub=value ...]}
+shift
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
+NAME=${MODEL}_opt125m_transformer_coco_01
+CKPT=${CKPT:-$OUTPUT/$NAME/ckpt-latest.pt}
+ANN=${ANN:-$DATA_ROOT/flickr30k/annotations/flickr30k_test.json}
+IMAGES=${IMAGES:-$DATA_ROOT/flickr30k}
+
+need "$CKPT" "$LABEL captioner checkpoint" \
+  "Train it: bash scripts/train_${MODEL}_coco.sh $GPU, or unzip the official $NAME.zip (github.com/mzhaoshuai/RLCF/releases/tag/0.0.1) into $OUTPUT/, or set CKPT."
+need "$ANN" "Flickr30K test annotations" \
+  "Get flickr30k_test.json (LAVIS Flickr30K annotations, or annotations.zip of the RLCF 0.0.1 release) or Karpathy's dataset_flickr30k.json, or set ANN."
+need "$IMAGES" "Flickr30K images folder" \
+  "Request Flickr30K (shannon.cs.illinois.edu/DenotationGraph) and unpack flickr30k-images/ under it, or set IMAGES."
+need_opt
+need_clip ViT-B-16   # prefix encoder
+need_clip ViT-L-14   # reward model
+need_clip ViT-B-32   # CLIPScore / RefCLIPScore evaluation (Hessel et al.)
+fail_if_missing
+
+pick_gpu "$GPU"
+cd "$ROOT"
+exec python -m tasks.captioning.tta --config "configs/captioning/$MODEL-c2f.yaml" \
+  captioner.checkpoint="$CKPT" data.annotations="$ANN" data.images_root="$IMAGES" "$@"

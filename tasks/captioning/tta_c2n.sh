@@ -1,0 +1,29 @@
+# Body of scripts/tta_{clipcap,capdec}_c2n.sh (sourced after they set MODEL=clipcap|capdec and LABEL).
+GPU=${1:?usage: bash scripts/$(basename "$0") GPU_ID [key.sub=value ...]}
+shift
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
+NAME=${MODEL}_opt125m_transformer_coco_01
+CONFIG=configs/captioning/$MODEL-c2n.yaml
+CKPT=${CKPT:-$OUTPUT/$NAME/ckpt-latest.pt}
+ANN=${ANN:-$DATA_ROOT/nocaps/annotations/nocaps_val_4500_captions.json}
+IMAGES=${IMAGES:-$DATA_ROOT/nocaps/images}
+DOMAINS=${DOMAINS:-in near out}
+
+need "$CKPT" "$LABEL captioner checkpoint" \
+  "Train it: bash scripts/train_${MODEL}_coco.sh $GPU, or unzip the official $NAME.zip (github.com/mzhaoshuai/RLCF/releases/tag/0.0.1) into $OUTPUT/, or set CKPT."
+need "$ANN" "NoCaps validation captions" \
+  "Download nocaps_val_4500_captions.json (nocaps.org/download, https://nocaps.s3.amazonaws.com/nocaps_val_4500_captions.json), or set ANN."
+need "$IMAGES" "NoCaps validation images folder" \
+  "Download the images listed in that file (each image's coco_url; Open Images V4 validation), or set IMAGES."
+need_opt
+need_clip ViT-B-16
+need_clip ViT-L-14
+need_clip ViT-B-32
+fail_if_missing
+
+pick_gpu "$GPU"
+cd "$ROOT"
+for d in $DOMAINS; do
+  python -m tasks.captioning.tta --config "$CONFIG" captioner.checkpoint="$CKPT" data.annotations="$ANN" \
+    data.images_root="$IMAGES" data.domain="$d" run.out_dir="$OUTPUT/$NAME/coco2nocaps_tta_01/$d" "$@"
+done
