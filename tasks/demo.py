@@ -8,8 +8,12 @@
    as the real benchmarks (per-sample records under ``<out>/<row>/<split>/``);
 3. prints a table in the form of the RLCF paper's Table 1 (per split and OOD average, with
    bootstrap 95% confidence intervals) and writes ``results.json``, ``results.md`` and ``results.png``;
-4. adds the caption part (``tasks.captioning.world_demo --quick``: a tiny ClipCap before / after RLCF
-   on ``rendition``) to ``results.md`` (``--no-captions`` skips it).
+4. with ``--captions``, adds the caption part (``tasks.captioning.world_demo --quick``: a tiny ClipCap
+   before / after RLCF on ``rendition``) to ``results.md``.
+
+``scripts/demo.sh`` runs it under ``torchrun`` with one 1-thread process per core (2 at most): the
+ranks share the world build, the model training and the samples of every row; the table is the same
+as a one-process run's (episodic methods, per-sample seeded views).
 
 Method hyperparameters for the world were chosen on the ``dev`` split only (``configs/world/``).
 """
@@ -22,11 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .classification.metrics import bootstrap_ci
 from .classification.task import DEFAULTS, ClassificationTask
 from .common.config import load_config
-from .common.runner import read_records, run
+from .common.runner import barrier, dist_info, init_distributed, read_records, result_fingerprint, run, sample_order
 
 logger = logging.getLogger("tasks.demo")
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +57,12 @@ OOD = ["v2", "sketch", "rendition", "adversarial"]
 
 
 def run_row(config: Path, split: str, out: Path, limit: int | None, views: int | None,
-            extra: list[str] = ()) -> list[dict]:
+            extra: list[str] = (), models: dict | None = None) -> list[dict]:
+    """Run one (method, split) cell; its records in processing order (``[]`` on ranks other than 0).
+
+    Under torchrun the samples are sharded between the ranks; an online method (state carried across
+    the stream) runs whole on rank 0 while the others wait, so its results do not depend on the ranks.
+    """
     overrides = [f"data.set_id=world/{split}", f"run.out_dir={out}", "run.device=cpu", "run.workers=0", *extra]
     if limit is not None:
         overrides.append(f"run.limit={limit}")
@@ -61,11 +71,22 @@ def run_row(config: Path, split: str, out: Path, limit: int | None, views: int |
     cfg = load_config(DEFAULTS, config, overrides)
     folder = out / split
     task = ClassificationTask.from_config(cfg)
+    rank, size = dist_info()
     # a seeded order: a --limit subset is a random (class-balanced in expectation) sample, the same for every row
-    run(task, folder, workers=0, limit=limit, shuffle_seed=0, desc=f"{config.stem} {split}",
-        meta={"config": str(config.relative_to(ROOT))})
+    # records of an older configuration of this cell (e.g. another lr) are discarded, never mixed in
+    kw = dict(workers=0, limit=limit, shuffle_seed=0, desc=f"{config.stem} {split}",
+              meta={"config": str(config.relative_to(ROOT))}, on_change="restart",
+              fingerprint={**result_fingerprint(cfg), "world_models": models or {}})
+    if size > 1 and getattr(task, "online", False):
+        if rank == 0:
+            run(task, folder, shard=False, **kw)
+        barrier()
+    else:
+        run(task, folder, **kw)
+    if rank != 0:
+        return []
     recs = read_records(folder)
-    return [recs[i] for i in sorted(recs)]
+    return [recs[i] for i in sorted(sample_order(len(task), limit, 0))]
 
 
 def summarise(records: list[dict]) -> dict:
@@ -75,23 +96,48 @@ def summarise(records: list[dict]) -> dict:
     return {"top1": float(correct.mean()), "ci95": [lo, hi], "n": len(ok)}
 
 
-def ood_average(per_split: dict[str, list[dict]], ood: list[str], seed: int = 0, n_boot: int = 1000) -> dict:
-    """Mean of the per-split accuracies, with a bootstrap CI resampling each split independently."""
-    accs = [np.array([r["pred"] == r["label"] for r in per_split[s]], dtype=float) * 100 for s in ood]
+def _correct(records: list[dict]) -> np.ndarray:
+    return np.array([r.get("pred") == r["label"] for r in records], dtype=float) * 100   # an error counts as wrong
+
+
+def ood_average(per_split: dict[str, list[dict]], ood: list[str], seed: int = 0, n_boot: int = 1000,
+                baseline: dict[str, list[dict]] | None = None) -> dict:
+    """Mean of the per-split accuracies, with a bootstrap CI resampling each split independently.
+
+    With ``baseline`` (another row's records of the same samples, in the same order) also the paired
+    gain over it: the same resampled samples for both rows, so the CI excludes what they share.
+    """
+    accs = [_correct(per_split[s]) for s in ood]
+    base = None
+    if baseline is not None:
+        base = [_correct(baseline[s]) for s in ood]
+        for s in ood:
+            if [r["index"] for r in per_split[s]] != [r["index"] for r in baseline[s]]:
+                raise ValueError(f"split {s}: the rows were run on different samples; a paired gain needs the same ones")
     rng = np.random.default_rng(seed)
-    boots = np.mean([[a[rng.integers(0, len(a), len(a))].mean() for a in accs] for _ in range(n_boot)], axis=1)
-    return {"top1": float(np.mean([a.mean() for a in accs])),
-            "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
+    boots, gains = [], []
+    for _ in range(n_boot):
+        idx = [rng.integers(0, len(a), len(a)) for a in accs]
+        boots.append(np.mean([a[i].mean() for a, i in zip(accs, idx)]))
+        if base is not None:
+            gains.append(np.mean([(a[i] - b[i]).mean() for a, b, i in zip(accs, base, idx)]))
+    out = {"top1": float(np.mean([a.mean() for a in accs])),
+           "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
+    if base is not None:
+        out["gain"] = float(np.mean([(a - b).mean() for a, b in zip(accs, base)]))
+        out["gain_ci95"] = [float(np.quantile(gains, 0.025)), float(np.quantile(gains, 0.975))]
+    return out
 
 
 def markdown(results: dict) -> str:
     splits = results["splits"]
-    head = "| method | " + " | ".join(splits) + " | OOD avg |"
-    lines = [head, "|" + "---|" * (len(splits) + 2)]
+    head = "| method | " + " | ".join(splits) + " | OOD avg | OOD gain over zero-shot (paired 95% CI) |"
+    lines = [head, "|" + "---|" * (len(splits) + 3)]
     for label, row in results["rows"].items():
         cells = [f"{row[s]['top1']:.1f} ({row[s]['ci95'][0]:.1f}-{row[s]['ci95'][1]:.1f})" for s in splits]
         o = row["ood_avg"]
         cells.append(f"**{o['top1']:.1f}** ({o['ci95'][0]:.1f}-{o['ci95'][1]:.1f})")
+        cells.append(f"{o['gain']:+.1f} ({o['gain_ci95'][0]:+.1f} to {o['gain_ci95'][1]:+.1f})" if "gain" in o else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -124,17 +170,26 @@ def chart(results: dict, path: Path) -> None:
 
 
 TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `python -m tasks.demo --tune`
-    "tpt-prompt.yaml": [1e-3, 5e-3, 2e-2],
-    "ctpt-prompt.yaml": [1e-3, 5e-3, 2e-2],
-    "rlcf-prompt.yaml": [2e-3, 7e-3, 2e-2],
+    "tpt-prompt.yaml": [1e-3, 5e-3, 2e-2, 5e-2, 1e-1, 3e-1, 1.0],
+    "ctpt-prompt.yaml": [1e-3, 5e-3, 2e-2, 5e-2, 1e-1, 3e-1, 1.0],
+    "rlcf-prompt.yaml": [2e-3, 7e-3, 2e-2, 5e-2, 1e-1, 3e-1, 1.0],
     "rlcf-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
     "kd-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4],
 }
 
 
-def tune(out: Path, limit: int, views: int | None) -> dict:
-    """Dev-split accuracy of each learning rate of :data:`TUNE_GRID` (prints a table; choose by hand)."""
+def tune(out: Path, limit: int, views: int | None, models: dict | None = None) -> dict:
+    """Dev-split accuracy of zero-shot and of each learning rate of :data:`TUNE_GRID` (printed; choose by hand)."""
     table = {}
+    folder = out / "tune" / "zero-shot"
+    task_cfg = load_config(DEFAULTS, CONFIGS / "zero-shot.yaml", ["data.set_id=world/dev", "run.device=cpu"])
+    task = ClassificationTask.from_config(task_cfg)
+    run(task, folder, limit=limit, shuffle_seed=0, desc=folder.name, on_change="restart",
+        fingerprint={**result_fingerprint(task_cfg), "world_models": models or {}})
+    if dist_info()[0] == 0:
+        recs = read_records(folder)
+        table["zero-shot"] = summarise([recs[i] for i in sample_order(len(task), limit, 0)])["top1"]
+        print(f"dev zero-shot: {table['zero-shot']:.1f}", flush=True)
     for cfg_name, lrs in TUNE_GRID.items():
         for lr in lrs:
             folder = out / "tune" / f"{Path(cfg_name).stem}-lr{lr:g}"
@@ -142,9 +197,13 @@ def tune(out: Path, limit: int, views: int | None) -> dict:
             if views is not None:
                 overrides.append(f"views.n={views}")
             cfg = load_config(DEFAULTS, CONFIGS / cfg_name, overrides)
-            run(ClassificationTask.from_config(cfg), folder, limit=limit, shuffle_seed=0, desc=folder.name)
-            recs = list(read_records(folder).values())
-            table[folder.name] = summarise(recs)["top1"]
+            task = ClassificationTask.from_config(cfg)
+            run(task, folder, limit=limit, shuffle_seed=0, desc=folder.name, on_change="restart",
+                fingerprint={**result_fingerprint(cfg), "world_models": models or {}})
+            if dist_info()[0] != 0:
+                continue
+            recs = read_records(folder)
+            table[folder.name] = summarise([recs[i] for i in sample_order(len(task), limit, 0)])["top1"]
             print(f"dev {folder.name}: {table[folder.name]:.1f}", flush=True)
     return table
 
@@ -172,50 +231,60 @@ def main(argv: list[str] | None = None) -> dict:
                     help="torch CPU threads (1: the world's small models gain nothing from more, and lose under load)")
     ap.add_argument("--placeholder", action="store_true",
                     help="tiny random-weight CLIPs instead of the world's trained models (a pipeline check in seconds)")
-    ap.add_argument("--no-captions", action="store_true",
-                    help="skip the caption part (a tiny ClipCap trained on world/train, RLCF-adapted on world/rendition)")
+    ap.add_argument("--captions", action="store_true",
+                    help="add the caption part: a tiny ClipCap trained on world/train, RLCF-adapted on world/rendition (~2 min)")
+    ap.add_argument("--no-captions", action="store_true", help=argparse.SUPPRESS)   # the default now; kept for old commands
     ap.add_argument("--world", action="store_true", help=argparse.SUPPRESS)   # the default; kept for old commands
     args = ap.parse_args(argv)
     args.world = not args.placeholder
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
-    import torch
-
+    init_distributed()   # under torchrun: the ranks share the world build, the training and the samples
+    rank, _ = dist_info()
     torch.set_num_threads(args.threads)
     extra: list[str] = []
-    if args.world:
-        from .world.models import get_world_models
-
-        get_world_models()   # builds the world and trains both models once (cached, verified)
-    else:
+    if not args.world:
         logger.warning(PLACEHOLDER_NOTE)
         extra = placeholder_overrides()
         args.limit = args.limit if args.limit is not None else 40
         args.quick = True
-    # 160 per split keeps a first run (world + models + table) near 15 min on 2 cores; --limit 0: every sample
+    # 160 per split keeps a first run (world + models + table) within 15 min on 2 cores; --limit 0: every sample
     limit = args.limit if args.limit is not None else (60 if args.quick else 160)
     limit = limit or None
     views = 16 if args.quick else None
     out = Path(args.out)
-    if args.tune:
-        return tune(out, limit or 200, views)
     rows = ROWS + (PEER_ROWS if args.all_methods else [])
     # the placeholder has no trained filter model, hence no `adversarial` split
     splits, ood = (SPLITS, OOD) if args.world else (SPLITS[:-1], OOD[:-1])
+    from .world.models import get_world_models
+
+    data_root = Path(load_config(DEFAULTS, CONFIGS / ROWS[0][1], [])["data"]["root"]) / "world"
+    # builds the world and trains the models once (cached, verified); the placeholder only needs the splits
+    info = get_world_models(data_root=data_root, which=("filter", "policy", "reward") if args.world else (),
+                            splits=["dev"] if args.tune else splits)
+    models = {w: rec["sha256"] for w, rec in info.items()}   # retrained models make earlier records stale
+    if args.tune:
+        return tune(out, limit or 200, views, models)
     results: dict = {"rows": {}, "splits": splits, "ood": ood, "limit": limit, "quick": args.quick,
                      "placeholder": not args.world, "note": "" if args.world else PLACEHOLDER_NOTE}
     if not args.world:
         out = out / "placeholder"
+    anchor: dict[str, list[dict]] | None = None
     for label, cfg_name in rows:
         row_extra = list(extra)
         if extra and cfg_name == "zero-shot-reward.yaml":   # the teacher row: the (tiny) reward model itself
             row_extra += ["model." + x.split(".", 1)[1] for x in extra if x.startswith("reward.")]
-        per_split = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra)
+        per_split = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra, models)
                      for s in splits}
+        if rank != 0:
+            continue
         row = {s: summarise(per_split[s]) for s in splits}
-        row["ood_avg"] = ood_average(per_split, ood)
+        anchor = anchor or per_split   # the first row, zero-shot: every other row's paired gain is over it
+        row["ood_avg"] = ood_average(per_split, ood, baseline=None if anchor is per_split else anchor)
         results["rows"][label] = row
         logger.info("%s: val %.1f, OOD avg %.1f", label, row["val"]["top1"], row["ood_avg"]["top1"])
+    if rank != 0:
+        return {}
     results["minutes"] = (time.time() - t0) / 60
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -227,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "results.md").write_text(PLACEHOLDER_NOTE + "\n\n" + table)
     print("\nRLCF on the embedded world: top-1 % (95% bootstrap CI); OOD avg = mean of " + ", ".join(ood))
     print(table)
-    if args.world and not args.no_captions:
+    if args.world and args.captions:
         from .captioning.world_demo import main as caption_demo
 
         caption_demo(["--quick", "--out-dir", str(out / "captions"), "--threads", str(args.threads)])

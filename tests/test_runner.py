@@ -114,3 +114,39 @@ def test_config_overrides_are_type_checked():
         apply_overrides(d, ["a.steps=abc"])
     with pytest.raises(FileNotFoundError):
         load_config(d, "nope.yaml")
+
+
+def test_records_of_another_configuration_are_never_mixed_in(tmp_path):
+    """Rerunning into the same out_dir with another lr: an error naming the key (CLI), or a fresh start."""
+    data = make_dtd(tmp_path / "data")
+    from tasks.classification.run import main
+
+    out = tmp_path / "out"
+    main(cli_args(data, out, extra=("run.limit=4",)))
+    main(cli_args(data, out, extra=("run.workers=0", "run.limit=6")))   # bookkeeping keys: resumes
+    assert len(read_records(out / "DTD")) == 6
+    with pytest.raises(RuntimeError, match="adapt.lr"):
+        main(cli_args(data, out, extra=("adapt.lr=0.5",)))
+    assert len(read_records(out / "DTD")) == 6   # nothing was touched
+
+
+def test_on_change_restart_discards_stale_records(tmp_path):
+    class Count:
+        online = False
+        def __init__(self): self.seen = []
+        def __len__(self): return 3
+        def sample_id(self, i): return str(i)
+        def load(self, i): return i
+        def process(self, i, sample):
+            self.seen.append(i)
+            return {"value": sample}
+        def summarize(self, records): return {"n": len(records)}
+
+    run(Count(), tmp_path, fingerprint={"adapt": {"lr": 1.0}})
+    same = Count()
+    run(same, tmp_path, fingerprint={"adapt": {"lr": 1.0}})
+    assert same.seen == []                                       # resumed: everything was recorded
+    other = Count()
+    run(other, tmp_path, fingerprint={"adapt": {"lr": 2.0}}, on_change="restart")
+    assert other.seen == [0, 1, 2] and len(read_records(tmp_path)) == 3
+    assert json.loads((tmp_path / "fingerprint.json").read_text()) == {"adapt": {"lr": 2.0}}

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from tasks.world.models import (ModelSpec, checkpoint_is_valid, checkpoint_paths, ensure_world_model,
+from tasks.world.models import (ModelSpec, checkpoint_is_valid, checkpoint_paths, ensure_world_model, share,
                                 load_world_clip, model_specs, register_world_models)
 from tasks.world.splits import WorldConfig, load_split_tensors
 from tasks.world.train import TrainConfig, init_for_short_training, normalize, train_clip, zero_shot_accuracy
@@ -142,3 +142,65 @@ def test_augment_from_keeps_the_first_steps_clean(tmp_path, world) -> None:
         runs[name] = train_clip(open_clip.create_model("World-Filter-RN", pretrained=None), images, tokens, cfg,
                                 progress=False)
     assert runs["late"] == runs["clean"] and runs["heavy"] != runs["clean"]
+
+
+def test_share_is_longest_first_balanced_and_complete() -> None:
+    costs = {"reward": 415.0, "policy": 323.0, "filter": 67.0}
+    assert share(costs, 1) == [["reward", "policy", "filter"]]
+    assert share(costs, 2) == [["reward"], ["policy", "filter"]]
+    assert share(costs, 4) == [["reward"], ["policy"], ["filter"], []]
+    jobs = {f"s{i}": float(i % 5 + 1) for i in range(17)}
+    parts = share(jobs, 3)
+    assert sorted(j for p in parts for j in p) == sorted(jobs)
+    loads = [sum(jobs[j] for j in p) for p in parts]
+    assert max(loads) - min(loads) <= max(jobs.values())
+
+
+TWO_RANKS = '''
+import json, sys
+from dataclasses import replace
+import torch
+from tasks.common.runner import init_distributed, dist_info
+from tasks.world.models import get_world_models, model_specs
+from tasks.world.splits import WorldConfig
+init_distributed()
+torch.set_num_threads(1)
+world = WorldConfig(sizes={sizes}, filter_steps=2)
+specs = {{w: replace(s, train=replace(s.train, steps=2, batch_size=16, warmup=1))
+         for w, s in model_specs(world).items() if w != "filter"}}   # the filter: world.filter_steps
+out = get_world_models(root=sys.argv[1], data_root=sys.argv[2], world=world, specs=specs, progress=False,
+                       splits=["val", "adversarial"])
+print("RESULT", dist_info()[0], json.dumps({{w: r["sha256"] for w, r in out.items()}}))
+'''
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_share_the_splits_and_the_models(tmp_path, world) -> None:
+    """Each model is trained once, by the rank `share` gives it; every rank returns the same checkpoints."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS.format(sizes=dict(TINY)))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(tmp_path / "m"), str(tmp_path / "d")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = dict(line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("RESULT"))
+    assert set(results) == {"0", "1"} and results["0"] == results["1"]
+    by_rank = {}
+    for sidecar in (tmp_path / "m").glob("*.json"):
+        meta = json.loads(sidecar.read_text())
+        by_rank.setdefault(meta["rank_and_world_size"][0], []).append(meta["which"])
+        assert meta["rank_and_world_size"][1] == 2
+    specs = model_specs(world)
+    costs = {w: replace(s, train=replace(s.train, steps=2, batch_size=16)).cost if w != "filter" else s.cost
+             for w, s in specs.items()}
+    expected = share(costs, 2)
+    assert {r: sorted(ws) for r, ws in by_rank.items()} == {r: sorted(ws) for r, ws in enumerate(expected) if ws}
+    for w in ("train", "train_extra", "val", "adversarial"):
+        assert list((tmp_path / "d").glob(f"*/{w}/manifest.json")), w

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from ..common.config import dump_config, load_config
-from ..common.runner import init_distributed, run
+from ..common.runner import init_distributed, result_fingerprint, run
 from ..common.clip import resolve_device
 from .task import DEFAULTS, ClassificationTask
 
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
         r = one["run"]
         summary = run(task, out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"],
                       allow_online_sharding=r["allow_online_sharding"], device=resolve_device(r["device"]),
-                      desc=f"{one['method']} {set_id}", meta={"method": one["method"], "policy": one["policy"],
-                                                             "set_id": set_id})
+                      desc=f"{one['method']} {set_id}", fingerprint=result_fingerprint(one),
+                      meta={"method": one["method"], "policy": one["policy"], "set_id": set_id})
         if summary is not None:
             m = summary["metrics"]
             logger.info("%s %s: top1 %.2f top5 %.2f ECE %.2f (%d samples, %d errors)", one["method"], set_id,

@@ -15,6 +15,11 @@ folder, drops a truncated last line, skips the samples already recorded and cont
 result equals an uninterrupted run. An online task (state carried across samples) replays the
 recorded samples in stream order to rebuild its state, without writing them again. Under ``torchrun`` each rank takes the disjoint shard
 ``order[rank::world_size]``; rank 0 merges once every rank is done.
+
+A ``fingerprint`` (what determines a record: the config without its bookkeeping keys, see
+:func:`result_fingerprint`) is kept in ``<out_dir>/fingerprint.json``: records made under another
+one are never mixed in (an error naming the differing keys, or, with ``on_change="restart"``, a
+warning and a fresh start).
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Task", "run", "read_records", "dist_info", "sample_order", "init_distributed"]
+__all__ = ["Task", "run", "read_records", "dist_info", "sample_order", "init_distributed", "barrier", "result_fingerprint"]
 
 
 class Task(Protocol):
@@ -65,6 +70,55 @@ def init_distributed() -> None:
         torch.distributed.init_process_group(backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+RUN_BOOKKEEPING = ("out_dir", "workers", "limit", "device", "allow_online_sharding", "save_logits")
+
+
+def result_fingerprint(cfg: dict) -> dict:
+    """``cfg`` without what does not change a sample's record (output path, workers, limit, data location, ...)."""
+    run_cfg = {k: v for k, v in cfg.get("run", {}).items() if k not in RUN_BOOKKEEPING}
+    out = {**cfg, "run": run_cfg}
+    if isinstance(cfg.get("data"), dict):
+        out["data"] = {k: v for k, v in cfg["data"].items() if k != "root"}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _check_fingerprint(out: Path, fingerprint: dict, on_change: str) -> None:
+    """Compare with ``<out>/fingerprint.json`` (rank 0 only); keep, restart or raise; write it."""
+    path = out / "fingerprint.json"
+    fp = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    legacy = not path.is_file() and any(out.glob("records-*.jsonl"))   # records from before fingerprints
+    if path.is_file() or legacy:
+        old, new = (_flat(json.loads(path.read_text())) if path.is_file() else {"?": "unknown"}), _flat(fp)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if legacy and on_change != "restart":
+            logger.warning("%s has records but no fingerprint.json (an older version): resuming them as they are", out)
+            changed = []
+        if changed:
+            if on_change != "restart":
+                raise RuntimeError(f"{out} holds records made with another configuration (differs in: "
+                                   f"{', '.join(changed[:8])}): choose another run.out_dir, or delete {out} to start over")
+            logger.warning("%s: configuration changed (%s): discarding its records and starting over", out,
+                           ", ".join(changed[:8]))
+            for f in [*out.glob("records-*.jsonl"), out / "summary.json", out / "summary.md"]:
+                f.unlink(missing_ok=True)
+    path.write_text(json.dumps(fp, indent=1, sort_keys=True))
+
+
+def barrier() -> None:
+    """``torch.distributed.barrier()`` when a process group is initialised; no-op on one process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def sample_order(n: int, limit: int | None = None, shuffle_seed: int | None = None) -> list[int]:
@@ -137,7 +191,8 @@ def _peak_memory_mb(device: torch.device | None) -> float:
 
 def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = None,
         shuffle_seed: int | None = None, allow_online_sharding: bool = False,
-        device: torch.device | None = None, desc: str = "samples", meta: dict | None = None) -> dict | None:
+        device: torch.device | None = None, desc: str = "samples", meta: dict | None = None,
+        shard: bool = True, fingerprint: dict | None = None, on_change: str = "error") -> dict | None:
     """Process every pending sample of ``task`` and return the summary (rank 0; ``None`` elsewhere).
 
     Args:
@@ -148,15 +203,25 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
         shuffle_seed: process in a seeded random order (recorded in the summary), else dataset order.
         allow_online_sharding: let an online task run sharded (each shard then has its own state).
         device: for peak-memory accounting on CUDA.
+        shard: ``False``: this process takes the whole order whatever its rank, with no barrier (the
+            caller runs it on one rank only, e.g. an online method inside a torchrun job).
+        fingerprint: what determines a record (e.g. :func:`result_fingerprint` of the config);
+            ``None``: not checked.
+        on_change: when ``out_dir`` holds records of another fingerprint: ``"error"`` or ``"restart"``.
         meta: extra fields written to the summary (config, method, ...).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rank, world = dist_info()
+    rank, world = dist_info() if shard else (0, 1)
     if world > 1 and getattr(task, "online", False) and not allow_online_sharding:
         raise RuntimeError("this method is online (state carried across the stream): sharding would change "
                            "its results. Run it on one process, or set allow_online_sharding to accept "
                            "one independent stream per shard")
+    if fingerprint is not None:
+        if rank == 0:
+            _check_fingerprint(out, fingerprint, on_change)
+        if world > 1:
+            barrier()
     order = sample_order(len(task), limit, shuffle_seed)
     done = read_records(out)
     online = bool(getattr(task, "online", False))
@@ -192,8 +257,8 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
             rec["peak_mem_mb"] = round(_peak_memory_mb(device), 1)
             f.write(json.dumps(rec) + "\n")
             f.flush()
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    if world > 1:
+        barrier()
     if rank != 0:
         return None
     return merge(task, out, order, meta=dict(meta or {}, world_size=world, shuffle_seed=shuffle_seed))

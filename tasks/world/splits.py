@@ -220,7 +220,11 @@ def materialize_split(split: str, root: str | Path = "data/world", world: WorldC
         manifest = {"complete": True, "version": WORLD_VERSION, "world_hash": world.hash(), "split": split,
                     "n": len(records), "sha256": _hash_files(tmp, [r["path"] for r in records]), **extra}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:   # another process finished the same split first: keep its (identical) copy
+            if not _valid(folder, world, extra):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

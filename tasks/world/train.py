@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -43,6 +44,7 @@ class TrainConfig:
     ``augment_from``: clean images for the first steps, then ``augment``.  From scratch, the
     loss sits on a plateau until the text tower tells the class prompts apart; heavy augmentation
     stretches that plateau (dev: ~1000 steps instead of ~300), so it is switched on after it.
+    ``augment_p``: the fraction of each batch that is augmented (the rest stays clean).
     """
     steps: int = 600
     batch_size: int = 128
@@ -52,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     augment: str = "none"
     first_caption_p: float = 0.6
+    augment_p: float = 1.0
     augment_from: int = 0
 
 
@@ -132,7 +135,8 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
     losses: list[float] = []
     perm = torch.randperm(n, generator=g)
     pos = 0
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0)
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0,
+               position=int(os.environ.get("LOCAL_RANK", 0)))   # one line per torchrun rank
     for step in bar:
         if pos + cfg.batch_size > n:
             perm, pos = torch.randperm(n, generator=g), 0
@@ -142,7 +146,12 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
         cap = torch.where(torch.rand(len(idx), generator=g) < cfg.first_caption_p, torch.zeros_like(cap), cap)
         x = images[idx].float() / 255.0
         kind = cfg.augment if step >= cfg.augment_from else "none"
-        x = normalize(augment_batch(x, g, kind)).contiguous(memory_format=torch.channels_last)
+        if kind != "none":
+            xa = augment_batch(x, g, kind)
+            if cfg.augment_p < 1.0:   # the rest of the batch stays clean
+                xa = torch.where((torch.rand(len(idx), generator=g) < cfg.augment_p)[:, None, None, None], xa, x)
+            x = xa
+        x = normalize(x).contiguous(memory_format=torch.channels_last)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         img_f, txt_f, scale = model(x, tokens[idx, cap])[:3]
@@ -195,7 +204,12 @@ def zero_shot_accuracy(model: torch.nn.Module, tokenizer: Callable, images: torc
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """CLI: build the world, train/reuse the three models, print the zero-shot table."""
+    """CLI: build the world, train/reuse the three models, print the zero-shot table.
+
+    ``python -m torch.distributed.run --standalone --nproc_per_node=2 -m tasks.world.train`` shares the
+    splits and the models between two 1-thread processes (what ``scripts/demo.sh`` does on 2+ cores).
+    """
+    from ..common.runner import dist_info, init_distributed
     from .models import get_world_models, load_world_clip
     from .splits import EVAL_SPLITS, WorldConfig, load_split_tensors
 
@@ -203,14 +217,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--data-root", default="data/world")
     ap.add_argument("--model-root", default="pretrained/world")
     ap.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 2, or 1 per torchrun rank)")
     ap.add_argument("--splits", nargs="*", default=list(EVAL_SPLITS))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    torch.set_num_threads(args.threads)
+    init_distributed()
+    rank, size = dist_info()
+    torch.set_num_threads(args.threads or (2 if size == 1 else 1))
     world = WorldConfig()
     t0 = time.time()
-    info = get_world_models(root=args.model_root, data_root=args.data_root, retrain=args.retrain, world=world)
+    info = get_world_models(root=args.model_root, data_root=args.data_root, retrain=args.retrain, world=world,
+                            splits=args.splits)
+    if rank != 0:
+        return {}
     print(f"models ready in {time.time() - t0:.0f}s")
     for which, rec in info.items():
         print(f"  {which:7s} {rec['name']:20s} {rec['path']}  train_seconds={rec.get('train_seconds', 0):.0f}")
