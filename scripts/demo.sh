@@ -12,8 +12,11 @@ if [ "$NPROC" -gt 1 ]; then
   # gloo on the loopback device: no dependence on the host name resolving to a local address
   if [ -z "${GLOO_SOCKET_IFNAME:-}" ] && [ -e /sys/class/net/lo ]; then export GLOO_SOCKET_IFNAME=lo; fi
   export OMP_NUM_THREADS=1
+  interrupted=0
+  trap 'interrupted=1' INT TERM
   python -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m tasks.demo "$@" && exit 0 || rc=$?
-  if [ "$rc" -ge 128 ] || [ "$rc" -eq 2 ]; then exit "$rc"; fi   # interrupted, or a usage error
+  trap - INT TERM
+  if [ "$interrupted" = 1 ] || [ "$rc" -ge 128 ] || [ "$rc" -eq 2 ]; then exit "$rc"; fi   # interrupted, or a usage error
   echo "scripts/demo.sh: the $NPROC-process run failed (exit $rc); finishing in one process (RLCF_NPROC=1), finished work is kept" >&2
 fi
 exec python -m tasks.demo "$@"

@@ -73,3 +73,33 @@ def test_paired_gain_sees_a_small_consistent_gain_the_unpaired_intervals_hide():
     assert demo.ood_average(base, splits, baseline=base)["gain_ci95"] == [0.0, 0.0]
     with pytest.raises(ValueError, match="different samples"):
         demo.ood_average(better, splits, baseline={s: base[s][::-1] for s in splits})
+
+
+@pytest.mark.parametrize("torchrun_rc, calls, rc", [(0, 1, 0), (1, 2, 0), (2, 1, 2), (130, 1, 130)])
+def test_demo_sh_launches_torchrun_and_falls_back_to_one_process_only_on_failure(tmp_path, torchrun_rc, calls, rc):
+    """A stub `python` records the commands: a failed multi-process launch is finished in one process; a
+    success, a usage error (2) or an interrupt (>= 128) is not retried."""
+    import os
+    import stat
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir()
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$STUB_LOG"\n'
+                    'case "$*" in *torch.distributed.run*) exit "$STUB_RC";; *) exit 0;; esac\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "calls.log"
+    env = dict(os.environ, PATH=f"{stub.parent}:{os.environ['PATH']}", STUB_LOG=str(log), STUB_RC=str(torchrun_rc),
+               RLCF_NPROC="2")
+    r = subprocess.run(["bash", str(root / "scripts" / "demo.sh"), "--placeholder"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    lines = log.read_text().splitlines()
+    assert r.returncode == rc and len(lines) == calls, (r.returncode, lines, r.stderr)
+    assert lines[0].startswith("-m torch.distributed.run --standalone --nproc_per_node=2 -m tasks.demo --placeholder")
+    if calls == 2:
+        assert lines[1] == "-m tasks.demo --placeholder" and "finishing in one process" in r.stderr
+    single = subprocess.run(["bash", str(root / "scripts" / "demo.sh")], env=dict(env, RLCF_NPROC="1"),
+                            capture_output=True, text=True, timeout=60)
+    assert single.returncode == 0 and log.read_text().splitlines()[-1] == "-m tasks.demo"

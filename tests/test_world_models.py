@@ -170,7 +170,8 @@ specs = {{w: replace(s, train=replace(s.train, steps=2, batch_size=16, warmup=1)
          for w, s in model_specs(world).items() if w != "filter"}}   # the filter: world.filter_steps
 out = get_world_models(root=sys.argv[1], data_root=sys.argv[2], world=world, specs=specs, progress=False,
                        splits=["val", "adversarial"])
-print("RESULT", dist_info()[0], json.dumps({{w: r["sha256"] for w, r in out.items()}}))
+with open(f"{{sys.argv[1]}}-result-{{dist_info()[0]}}.json", "w") as f:
+    json.dump({{w: r["sha256"] for w, r in out.items()}}, f)
 '''
 
 
@@ -190,8 +191,8 @@ def test_two_torchrun_ranks_share_the_splits_and_the_models(tmp_path, world) -> 
                         str(script), str(tmp_path / "m"), str(tmp_path / "d")],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    results = dict(line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("RESULT"))
-    assert set(results) == {"0", "1"} and results["0"] == results["1"]
+    results = [json.loads((tmp_path / f"m-result-{rank}.json").read_text()) for rank in (0, 1)]
+    assert results[0] == results[1] and set(results[0]) == {"filter", "policy", "reward"}
     by_rank = {}
     for sidecar in (tmp_path / "m").glob("*.json"):
         meta = json.loads(sidecar.read_text())
