@@ -56,27 +56,19 @@ SPLITS = ["val", "v2", "sketch", "rendition", "adversarial"]
 OOD = ["v2", "sketch", "rendition", "adversarial"]
 
 
-def run_row(config: Path, split: str, out: Path, limit: int | None, views: int | None,
-            extra: list[str] = (), models: dict | None = None) -> list[dict]:
-    """Run one (method, split) cell; its records in processing order (``[]`` on ranks other than 0).
+def run_cell(cfg: dict, folder: Path, limit: int | None, models: dict | None, config: Path) -> list[dict]:
+    """Run one configured method on its split; the records in sample order (``[]`` on ranks other than 0).
 
-    Under torchrun the samples are sharded between the ranks; an online method (state carried across
-    the stream) runs whole on rank 0 while the others wait, so its results do not depend on the ranks.
+    A seeded order: a ``limit`` subset is a random (class-balanced in expectation) sample, the same for
+    every row. Under torchrun the samples are sharded between the ranks; an online method (state carried
+    across the stream) runs whole on rank 0 while the others wait, so its results do not depend on the
+    ranks. Records of an older configuration or other world models are discarded, never mixed in.
     """
-    overrides = [f"data.set_id=world/{split}", f"run.out_dir={out}", "run.device=cpu", "run.workers=0", *extra]
-    if limit is not None:
-        overrides.append(f"run.limit={limit}")
-    if views is not None:
-        overrides.append(f"views.n={views}")
-    cfg = load_config(DEFAULTS, config, overrides)
-    folder = out / split
     task = ClassificationTask.from_config(cfg)
     rank, size = dist_info()
-    # a seeded order: a --limit subset is a random (class-balanced in expectation) sample, the same for every row
-    # records of an older configuration of this cell (e.g. another lr) are discarded, never mixed in
-    kw = dict(workers=0, limit=limit, shuffle_seed=0, desc=f"{config.stem} {split}",
-              meta={"config": str(config.relative_to(ROOT))}, on_change="restart",
-              fingerprint={**result_fingerprint(cfg), "world_models": models or {}})
+    kw = dict(workers=0, limit=limit, shuffle_seed=0, desc=f"{config.stem} {folder.name}",
+              meta={"config": str(config.relative_to(ROOT))},
+              on_change="restart", fingerprint={**result_fingerprint(cfg), "world_models": models or {}})
     if size > 1 and getattr(task, "online", False):
         if rank == 0:
             run(task, folder, shard=False, **kw)
@@ -87,6 +79,18 @@ def run_row(config: Path, split: str, out: Path, limit: int | None, views: int |
         return []
     recs = read_records(folder)
     return [recs[i] for i in sorted(sample_order(len(task), limit, 0))]
+
+
+def run_row(config: Path, split: str, out: Path, limit: int | None, views: int | None,
+            extra: list[str] = (), models: dict | None = None) -> list[dict]:
+    """One (method, split) cell of the table: :func:`run_cell` under ``<out>/<split>``."""
+    overrides = [f"data.set_id=world/{split}", f"run.out_dir={out}", "run.device=cpu", "run.workers=0", *extra]
+    if limit is not None:
+        overrides.append(f"run.limit={limit}")
+    if views is not None:
+        overrides.append(f"views.n={views}")
+    cfg = load_config(DEFAULTS, config, overrides)
+    return run_cell(cfg, out / split, limit, models, config)
 
 
 def summarise(records: list[dict]) -> dict:
@@ -180,31 +184,17 @@ TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `pyth
 
 def tune(out: Path, limit: int, views: int | None, models: dict | None = None) -> dict:
     """Dev-split accuracy of zero-shot and of each learning rate of :data:`TUNE_GRID` (printed; choose by hand)."""
-    table = {}
-    folder = out / "tune" / "zero-shot"
-    task_cfg = load_config(DEFAULTS, CONFIGS / "zero-shot.yaml", ["data.set_id=world/dev", "run.device=cpu"])
-    task = ClassificationTask.from_config(task_cfg)
-    run(task, folder, limit=limit, shuffle_seed=0, desc=folder.name, on_change="restart",
-        fingerprint={**result_fingerprint(task_cfg), "world_models": models or {}})
-    if dist_info()[0] == 0:
-        recs = read_records(folder)
-        table["zero-shot"] = summarise([recs[i] for i in sample_order(len(task), limit, 0)])["top1"]
-        print(f"dev zero-shot: {table['zero-shot']:.1f}", flush=True)
+    cells = [("zero-shot", "zero-shot.yaml", [])]
     for cfg_name, lrs in TUNE_GRID.items():
-        for lr in lrs:
-            folder = out / "tune" / f"{Path(cfg_name).stem}-lr{lr:g}"
-            overrides = ["data.set_id=world/dev", "run.device=cpu", f"adapt.lr={lr}"]
-            if views is not None:
-                overrides.append(f"views.n={views}")
-            cfg = load_config(DEFAULTS, CONFIGS / cfg_name, overrides)
-            task = ClassificationTask.from_config(cfg)
-            run(task, folder, limit=limit, shuffle_seed=0, desc=folder.name, on_change="restart",
-                fingerprint={**result_fingerprint(cfg), "world_models": models or {}})
-            if dist_info()[0] != 0:
-                continue
-            recs = read_records(folder)
-            table[folder.name] = summarise([recs[i] for i in sample_order(len(task), limit, 0)])["top1"]
-            print(f"dev {folder.name}: {table[folder.name]:.1f}", flush=True)
+        cells += [(f"{Path(cfg_name).stem}-lr{lr:g}", cfg_name, [f"adapt.lr={lr}"]) for lr in lrs]
+    table = {}
+    for name, cfg_name, over in cells:
+        overrides = ["data.set_id=world/dev", "run.device=cpu", *over] + ([f"views.n={views}"] if views else [])
+        recs = run_cell(load_config(DEFAULTS, CONFIGS / cfg_name, overrides), out / "tune" / name, limit, models,
+                        CONFIGS / cfg_name)
+        if recs:   # rank 0
+            table[name] = summarise(recs)["top1"]
+            print(f"dev {name}: {table[name]:.1f}", flush=True)
     return table
 
 

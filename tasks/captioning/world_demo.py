@@ -118,7 +118,8 @@ def _tta(captioner, pclip, ppre, reward, scorer, data: WorldSplit, adapt: dict, 
     method = rlcf.create_method("rlcf", CaptionPolicy(captioner, pclip), reward, **adapt)
     task = CaptionTask(method, items, lambda i: ppre(data.images[i]), scorer, zero_shot=True,
                        metric_options={"tokenizer": tokenizer, "meteor": False, "spice": False})
-    summary = run(task, out, workers=0, desc=desc)
+    # one process, whatever the launcher: this demo trains its captioner inline (the main job calls it on rank 0)
+    summary = run(task, out, workers=0, desc=desc, shard=False)
     records = sorted(read_records(out).values(), key=lambda r: r["index"])
     return {"summary": summary, "records": records, "items": items}
 
