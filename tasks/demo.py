@@ -2,7 +2,7 @@
 
     python -m tasks.demo [--quick] [--all-methods] [--out output/demo]
 
-1. builds the world (cached under ``data/world``) and trains or loads its two CLIP models
+1. builds the world (cached under ``data/world``) and trains or loads its CLIP models
    (cached under ``pretrained/world``);
 2. runs every method row on ``val`` and on each shifted split through the same resumable runner
    as the real benchmarks (per-sample records under ``<out>/<row>/<split>/``);
@@ -31,7 +31,8 @@ import torch
 from .classification.metrics import bootstrap_ci
 from .classification.task import DEFAULTS, ClassificationTask
 from .common.config import load_config
-from .common.runner import barrier, dist_info, init_distributed, read_records, result_fingerprint, run, sample_order
+from .common.clip import run_fingerprint
+from .common.runner import barrier, dist_info, init_distributed, read_records, run, sample_order
 
 logger = logging.getLogger("tasks.demo")
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ SPLITS = ["val", "v2", "sketch", "rendition", "adversarial"]
 OOD = ["v2", "sketch", "rendition", "adversarial"]
 
 
-def run_cell(cfg: dict, folder: Path, limit: int | None, models: dict | None, config: Path) -> list[dict]:
+def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path) -> list[dict]:
     """Run one configured method on its split; the records in sample order (``[]`` on ranks other than 0).
 
     A seeded order: a ``limit`` subset is a random (class-balanced in expectation) sample, the same for
@@ -68,7 +69,7 @@ def run_cell(cfg: dict, folder: Path, limit: int | None, models: dict | None, co
     rank, size = dist_info()
     kw = dict(workers=0, limit=limit, shuffle_seed=0, desc=f"{config.stem} {folder.name}",
               meta={"config": str(config.relative_to(ROOT))},
-              on_change="restart", fingerprint={**result_fingerprint(cfg), "world_models": models or {}})
+              on_change="restart", fingerprint=run_fingerprint(cfg))
     if size > 1 and getattr(task, "online", False):
         if rank == 0:
             run(task, folder, shard=False, **kw)
@@ -82,7 +83,7 @@ def run_cell(cfg: dict, folder: Path, limit: int | None, models: dict | None, co
 
 
 def run_row(config: Path, split: str, out: Path, limit: int | None, views: int | None,
-            extra: list[str] = (), models: dict | None = None) -> list[dict]:
+            extra: list[str] = ()) -> list[dict]:
     """One (method, split) cell of the table: :func:`run_cell` under ``<out>/<split>``."""
     overrides = [f"data.set_id=world/{split}", f"run.out_dir={out}", "run.device=cpu", "run.workers=0", *extra]
     if limit is not None:
@@ -90,7 +91,7 @@ def run_row(config: Path, split: str, out: Path, limit: int | None, views: int |
     if views is not None:
         overrides.append(f"views.n={views}")
     cfg = load_config(DEFAULTS, config, overrides)
-    return run_cell(cfg, out / split, limit, models, config)
+    return run_cell(cfg, out / split, limit, config)
 
 
 def summarise(records: list[dict]) -> dict:
@@ -182,7 +183,7 @@ TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `pyth
 }
 
 
-def tune(out: Path, limit: int, views: int | None, models: dict | None = None) -> dict:
+def tune(out: Path, limit: int, views: int | None) -> dict:
     """Dev-split accuracy of zero-shot and of each learning rate of :data:`TUNE_GRID` (printed; choose by hand)."""
     cells = [("zero-shot", "zero-shot.yaml", [])]
     for cfg_name, lrs in TUNE_GRID.items():
@@ -190,7 +191,7 @@ def tune(out: Path, limit: int, views: int | None, models: dict | None = None) -
     table = {}
     for name, cfg_name, over in cells:
         overrides = ["data.set_id=world/dev", "run.device=cpu", *over] + ([f"views.n={views}"] if views else [])
-        recs = run_cell(load_config(DEFAULTS, CONFIGS / cfg_name, overrides), out / "tune" / name, limit, models,
+        recs = run_cell(load_config(DEFAULTS, CONFIGS / cfg_name, overrides), out / "tune" / name, limit,
                         CONFIGS / cfg_name)
         if recs:   # rank 0
             table[name] = summarise(recs)["top1"]
@@ -250,11 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     data_root = Path(load_config(DEFAULTS, CONFIGS / ROWS[0][1], [])["data"]["root"]) / "world"
     # builds the world and trains the models once (cached, verified); the placeholder only needs the splits
-    info = get_world_models(data_root=data_root, which=("filter", "policy", "reward") if args.world else (),
-                            splits=["dev"] if args.tune else splits)
-    models = {w: rec["sha256"] for w, rec in info.items()}   # retrained models make earlier records stale
+    get_world_models(data_root=data_root, which=("filter", "policy", "reward") if args.world else (),
+                     splits=["dev"] if args.tune else splits)
     if args.tune:
-        return tune(out, limit or 200, views, models)
+        return tune(out, limit or 200, views)
     results: dict = {"rows": {}, "splits": splits, "ood": ood, "limit": limit, "quick": args.quick,
                      "placeholder": not args.world, "note": "" if args.world else PLACEHOLDER_NOTE}
     if not args.world:
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         row_extra = list(extra)
         if extra and cfg_name == "zero-shot-reward.yaml":   # the teacher row: the (tiny) reward model itself
             row_extra += ["model." + x.split(".", 1)[1] for x in extra if x.startswith("reward.")]
-        per_split = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra, models)
+        per_split = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra)
                      for s in splits}
         if rank != 0:
             continue

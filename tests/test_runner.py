@@ -150,3 +150,21 @@ def test_on_change_restart_discards_stale_records(tmp_path):
     run(other, tmp_path, fingerprint={"adapt": {"lr": 2.0}}, on_change="restart")
     assert other.seen == [0, 1, 2] and len(read_records(tmp_path)) == 3
     assert json.loads((tmp_path / "fingerprint.json").read_text()) == {"adapt": {"lr": 2.0}}
+
+
+def test_run_fingerprint_names_the_world_weights(monkeypatch):
+    """A config says `world:policy`; the records depend on the checkpoint it resolves to, so that goes in too."""
+    import tasks.world.models as wm
+    from tasks.common.clip import run_fingerprint
+
+    shas = {"policy": "a" * 64, "reward": "b" * 64}
+    monkeypatch.setattr(wm, "ensure_world_model", lambda which, **kw: {"sha256": shas[which]})
+    cfg = {"model": {"arch": "world:policy"}, "reward": {"arch": "world:reward"}, "adapt": {"lr": 1e-4},
+           "run": {"out_dir": "x", "seed": 0}, "data": {"root": "/d", "set_id": "world/val"}}
+    fp = run_fingerprint(cfg)
+    assert fp["weights"] == {"model": "a" * 64, "reward": "b" * 64}
+    assert fp["run"] == {"seed": 0} and fp["data"] == {"set_id": "world/val"}
+    shas["policy"] = "c" * 64                     # retrained policy: another fingerprint
+    assert run_fingerprint(cfg) != fp
+    cfg_real = {**cfg, "model": {"arch": "ViT-B-16", "pretrained": "pretrained/clip/ViT-B-16.pt"}}
+    assert run_fingerprint(cfg_real)["weights"] == {"reward": "b" * 64}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 from ..common.config import dump_config, load_config
-from ..common.runner import init_distributed, result_fingerprint, run
-from ..common.clip import resolve_device
+from ..common.runner import init_distributed, run
+from ..common.clip import resolve_device, run_fingerprint
 from .task import DEFAULTS, ClassificationTask
 
 logger = logging.getLogger("tasks.classification")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
         r = one["run"]
         summary = run(task, out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"],
                       allow_online_sharding=r["allow_online_sharding"], device=resolve_device(r["device"]),
-                      desc=f"{one['method']} {set_id}", fingerprint=result_fingerprint(one),
+                      desc=f"{one['method']} {set_id}", fingerprint=run_fingerprint(one),
                       meta={"method": one["method"], "policy": one["policy"], "set_id": set_id})
         if summary is not None:
             m = summary["metrics"]

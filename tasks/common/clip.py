@@ -124,6 +124,27 @@ def build_clip(spec: dict, device: torch.device) -> ClipBundle:
     return load_clip(spec["arch"], spec.get("pretrained"), device=device, config_file=spec.get("config_file"))
 
 
+def weights_fingerprint(cfg: dict) -> dict:
+    """``{"model" | "reward": SHA-256}`` of the embedded world's checkpoints that ``cfg``'s ``world:`` models
+    resolve to: records depend on those weights, which the config only names ``world:<which>`` (other
+    models are named by their file or tag in the config itself).  Call it once the models are built."""
+    out = {}
+    for key in ("model", "reward"):
+        spec = cfg.get(key)
+        if isinstance(spec, dict) and str(spec.get("arch", "")).startswith("world:"):
+            from ..world.models import ensure_world_model
+
+            out[key] = ensure_world_model(spec["arch"].split(":", 1)[1], progress=False)["sha256"]
+    return out
+
+
+def run_fingerprint(cfg: dict) -> dict:
+    """What determines a record of a run of ``cfg``: :func:`result_fingerprint` plus the world weights."""
+    from .runner import result_fingerprint
+
+    return {**result_fingerprint(cfg), "weights": weights_fingerprint(cfg)}
+
+
 def build_reward(reward_cfg: dict, device: torch.device, resolution: int | None = None):
     """``rlcf.CLIPReward`` from ``{arch, pretrained, config_file, weight}``, or ``rlcf.EnsembleReward``
     (RLCF-S) when ``ensemble`` lists member specs with a ``confidence`` each. Nothing is cached yet."""

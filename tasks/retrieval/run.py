@@ -17,10 +17,10 @@ from pathlib import Path
 
 
 from ..common.config import dump_config, load_config
-from ..common.runner import init_distributed, result_fingerprint, run
+from ..common.runner import init_distributed, run
 from .data import build_retrieval_data, dataset_tag
 from .metrics import combine_directions
-from ..common.clip import resolve_device
+from ..common.clip import resolve_device, run_fingerprint
 from .task import DEFAULTS, DIRECTIONS, RetrievalTask
 
 logger = logging.getLogger("tasks.retrieval")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = run(task, out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"],
                       allow_online_sharding=r["allow_online_sharding"], device=resolve_device(r["device"]),
                       desc=f"{one['method']} {tag} {direction}",
-                      fingerprint=result_fingerprint(one),
+                      fingerprint=run_fingerprint(one),
                       meta={"method": one["method"], "direction": direction, "dataset": tag})
         if summary is not None:
             m, p = summary["metrics"], "txt" if direction == "i2t" else "img"
