@@ -192,7 +192,8 @@ def write_official_results(task: CaptionTask, out_dir: str | Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """CLI: run caption TTA on one dataset (see module docstring); returns the summary."""
-    from ..common.runner import result_fingerprint, run
+    from ..common.clip import run_fingerprint
+    from ..common.runner import run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML file of deltas over the defaults (configs/captioning/*.yaml)")
@@ -211,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     r = cfg["run"]
     summary = run(task, out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"],
                   device=resolve_device(r["device"]), desc=f"{cfg['method']} captions",
-                  fingerprint=result_fingerprint(cfg),
+                  fingerprint=run_fingerprint(cfg),
                   meta={"method": cfg["method"], "adapt": cfg["adapt"], "data": cfg["data"]})
     if summary is not None:
         write_official_results(task, out)
