@@ -21,6 +21,7 @@ TINY = {"train": 48, "train_extra": 16, "dev": 8, "val": 8, "v2": 4, "sketch": 4
 
 @pytest.fixture(scope="module")
 def world() -> WorldConfig:
+    register_world_models()   # every test may run alone (-k)
     return WorldConfig(sizes=dict(TINY), filter_steps=2)
 
 
@@ -142,6 +143,32 @@ def test_augment_from_keeps_the_first_steps_clean(tmp_path, world) -> None:
         runs[name] = train_clip(open_clip.create_model("World-Filter-RN", pretrained=None), images, tokens, cfg,
                                 progress=False)
     assert runs["late"] == runs["clean"] and runs["heavy"] != runs["clean"]
+
+
+def test_augment_p_mixes_clean_and_augmented_images(tmp_path, world, monkeypatch) -> None:
+    """augment_p=1 is the plain heavy run (same random stream); 0.5 keeps about half of each batch clean."""
+    import tasks.world.train as tr
+
+    images, _, caps = load_split_tensors("train", root=tmp_path, world=world)
+    tok = open_clip.get_tokenizer("World-Filter-RN")
+    tokens = tok([c for cs in caps for c in cs]).view(len(caps), 5, -1)
+    seen = []
+    real = tr.augment_batch
+    monkeypatch.setattr(tr, "augment_batch", lambda x, g, kind: seen.append(x) or real(x, g, kind))
+    losses = {}
+    for p in (1.0, 0.5):
+        torch.manual_seed(0)
+        model = open_clip.create_model("World-Filter-RN", pretrained=None)
+        normed = []
+        monkeypatch.setattr(tr, "normalize", lambda x: normed.append(x) or normalize(x))
+        cfg = TrainConfig(steps=4, batch_size=32, seed=5, augment="heavy", augment_p=p)
+        losses[p] = train_clip(model, images, tokens, cfg, progress=False)
+        clean = torch.cat([(x == c).flatten(1).all(1) for x, c in zip(normed, seen[-4:])])
+        assert (clean.float().mean() == 0.0) if p == 1.0 else (0.25 < clean.float().mean() < 0.75)
+    torch.manual_seed(0)
+    heavy = train_clip(open_clip.create_model("World-Filter-RN", pretrained=None), images, tokens,
+                       TrainConfig(steps=4, batch_size=32, seed=5, augment="heavy"), progress=False)
+    assert losses[1.0] == heavy and losses[0.5] != heavy
 
 
 def test_share_is_longest_first_balanced_and_complete() -> None:
