@@ -2,14 +2,17 @@
 
     python benchmarks/bench_methods.py                          # tiny models, CPU
     python benchmarks/bench_methods.py --preset cpu-large       # ViT-B-32 policy / ViT-B-16 reward, CPU
-    python benchmarks/bench_methods.py --preset paper --device cuda --amp fp16   # ViT-B/16 + ViT-L/14, 64 views
+    python benchmarks/bench_methods.py --preset paper --device cuda --amp fp16 --classes 1000,200
+                                                                # ViT-B/16 + ViT-L/14, 64 views (gpu_check.sh)
 
 Prints a markdown table: method, policy, views, steps, classes, median seconds per sample (after a
-warm-up), peak memory. Times never go into tests.
+warm-up), peak memory (GPU: ``max_memory_allocated`` per row; CPU: the process's max RSS so far).
+Times never go into tests.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import sys
@@ -35,8 +38,8 @@ PRESETS = {
 # (method, policy, overrides) rows: the official settings of each method
 ROWS = [
     ("zeroshot", "prompt", {}),
-    ("tpt", "prompt", dict(steps=1, lr=5e-3)),
-    ("ctpt", "prompt", dict(steps=1, lr=5e-3)),
+    ("tpt", "prompt", dict(steps=1, lr=5e-3, weight_decay=0.01)),
+    ("ctpt", "prompt", dict(steps=1, lr=5e-3, weight_decay=0.01)),
     ("rlcf", "prompt", dict(steps=3, lr=7e-3, k=3)),
     ("rlcf", "encoder", dict(steps=3, lr=1e-5, k=3, train_mode=True)),
     ("kd", "encoder", dict(steps=3, lr=1e-5, train_mode=True)),
@@ -56,60 +59,83 @@ def peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_method(method: rlcf.Method, x: torch.Tensor, samples: int, device: torch.device) -> list[float]:
+    """Seconds per call of ``method(x)``, after one warm-up call."""
+    times = []
+    for i in range(samples + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            method(x)
+        sync(device)
+        if i > 0:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", default=None, choices=[None, "fp16", "bf16"])
+    ap.add_argument("--amp", default=None, choices=[None, "auto", "fp16", "bf16"],
+                    help="autocast (default: fp32; 'auto' = fp16 + GradScaler on CUDA, as the official code)")
     ap.add_argument("--samples", type=int, default=5, help="timed samples per method (after 1 warm-up)")
     ap.add_argument("--views", type=int, default=None)
-    ap.add_argument("--classes", type=int, default=None)
+    ap.add_argument("--classes", default=None, help="class count(s), comma-separated, e.g. 1000,200")
     ap.add_argument("--methods", default=None, help="comma-separated subset, e.g. rlcf,tpt")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = ap.parse_args()
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     p = dict(PRESETS[args.preset])
-    views_n, n_cls = args.views or p["views"], args.classes or p["classes"]
+    views_n = args.views or p["views"]
+    class_counts = [int(c) for c in (args.classes or str(p["classes"])).split(",")]
     device = torch.device(args.device)
     torch.manual_seed(0)
-    classnames = [f"class number {i}" for i in range(n_cls)]
     policy_clip, _, tok = make(p["arch"], device)
     reward_clip, _, rtok = make(p["reward"], device)
-    res = int(policy_clip.visual.image_size[0])
-    reward = rlcf.CLIPReward(reward_clip, rtok)
-    reward.set_candidates(class_prompts(classnames))
+    res = int(rlcf.reward.input_resolution(policy_clip) or 224)
     snapshot = {k: v.clone() for k, v in policy_clip.state_dict().items()}
-    print(f"preset {args.preset}: policy {p['arch']} ({res}px), reward {p['reward']}, device {device}, amp {args.amp}, "
-          f"threads {torch.get_num_threads()}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"preset {args.preset}: policy {p['arch']} ({res}px), reward {p['reward']}, device {device} ({name}), "
+          f"amp {args.amp}, threads {torch.get_num_threads()}")
     print("| method | policy | views | steps | classes | s/sample (median) | peak memory (MB) |")
     print("|---|---|---|---|---|---|---|")
     wanted = set(args.methods.split(",")) if args.methods else None
-    for name, kind, over in ROWS:
-        if wanted and name not in wanted:
-            continue
-        policy_clip.load_state_dict(snapshot)
-        policy_clip.requires_grad_(False)
-        policy = (PromptPolicy(policy_clip, classnames, tok) if kind == "prompt"
-                  else EncoderPolicy(policy_clip, classnames, tok)).to(device)
-        cls = rlcf.get_method(name)
-        method = rlcf.create_method(name, policy, reward if cls.needs_reward else None, amp=args.amp, **over)
-        x = torch.randn(views_n, 3, res, res, device=device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for i in range(args.samples + 1):
+    rows = []
+    for n_cls in class_counts:
+        classnames = [f"class number {i}" for i in range(n_cls)]
+        reward = rlcf.CLIPReward(reward_clip, rtok)
+        reward.set_candidates(class_prompts(classnames))
+        for mname, kind, over in ROWS:
+            if wanted and mname not in wanted:
+                continue
+            policy_clip.load_state_dict(snapshot)
+            policy_clip.requires_grad_(False)
+            policy = (PromptPolicy(policy_clip, classnames, tok) if kind == "prompt"
+                      else EncoderPolicy(policy_clip, classnames, tok)).to(device)
+            cls = rlcf.get_method(mname)
+            method = rlcf.create_method(mname, policy, reward if cls.needs_reward else None, amp=args.amp, **over)
+            x = torch.randn(views_n, 3, res, res, device=device)
             if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                method(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i > 0:
-                times.append(time.perf_counter() - t0)
-        print(f"| {name} | {kind} | {views_n} | {method.config.steps} | {n_cls} | "
-              f"{statistics.median(times):.4f} | {peak_mb(device):.0f} |", flush=True)
+                torch.cuda.reset_peak_memory_stats(device)
+            times = time_method(method, x, args.samples, device)
+            row = {"method": mname, "policy": kind, "views": views_n, "steps": method.config.steps,
+                   "classes": n_cls, "s_per_sample": statistics.median(times), "peak_mb": peak_mb(device),
+                   "precision": method.precision, "device": name}
+            rows.append(row)
+            print(f"| {mname} | {kind} | {views_n} | {row['steps']} | {n_cls} | {row['s_per_sample']:.4f} | "
+                  f"{row['peak_mb']:.0f} |", flush=True)
+            del method, policy
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

@@ -20,7 +20,21 @@ from .policy import Episode
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaptConfig", "Method", "Flags"]
+__all__ = ["AdaptConfig", "Method", "Flags", "AMP_MODES", "resolve_precision"]
+
+AMP_MODES = ("auto", None, "fp32", "bf16", "fp16")
+
+
+def resolve_precision(amp: str | None, device: torch.device | str) -> str:
+    """What ``AdaptConfig.amp`` means on ``device``: ``"fp16"``, ``"bf16"`` or ``"fp32"``.
+
+    ``"auto"`` is the official choice: fp16 autocast (with a GradScaler) on CUDA, fp32 elsewhere.
+    """
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got '{amp}'")
+    if amp == "auto":
+        return "fp16" if torch.device(device).type == "cuda" else "fp32"
+    return "fp32" if amp is None else amp
 
 
 @dataclass
@@ -37,8 +51,13 @@ class AdaptConfig:
         baseline: ``"mean"`` (official), ``"loo"``, ``"batch"`` or ``"none"``.
         normalize_advantages: divide advantages by the reward std (official ``reward_amplify``).
         selection: fraction of lowest-entropy views kept (TPT/RLCF 0.1; 1.0 keeps all).
-        amp: ``None`` (fp32), ``"bf16"`` or ``"fp16"`` autocast; fp16 uses a GradScaler on CUDA.
-        grad_scaler_init: initial scale of the fp16 GradScaler (official 1000).
+        amp: ``"auto"`` (default, as the official loops: fp16 autocast + GradScaler on CUDA, fp32
+            elsewhere), ``"fp16"`` (autocast fp16 + GradScaler on any device, CPU included, so tests
+            run the CUDA code path), ``"bf16"`` (autocast bf16, no scaler) or ``None`` / ``"fp32"``.
+            The weights stay fp32 (official: ``convert_weights`` is disabled); :attr:`Method.precision`
+            says what runs and every task records it.
+        grad_scaler_init: initial scale of the fp16 GradScaler (official 1000). One scaler serves the
+            whole run (official: created once, never reset per sample), so its scale carries over.
         momentum: EMA coefficient of the "-M" variant (``None`` = off; official 0.9998).
         update_freq, update_w: "-M" reset-point refresh period and EMA weight (64, 1.0).
         train_mode: put the policy in ``train()`` mode during the steps (official encoder tuning;
@@ -58,7 +77,7 @@ class AdaptConfig:
     baseline: str = "mean"
     normalize_advantages: bool = False
     selection: float = 0.1
-    amp: str | None = None
+    amp: str | None = "auto"
     grad_scaler_init: float = 1000.0
     momentum: float | None = None
     update_freq: int = 64
@@ -73,8 +92,8 @@ class AdaptConfig:
             raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got '{self.optimizer}'")
         if self.sampling not in ("topk", "sample"):
             raise ValueError(f"sampling must be 'topk' or 'sample', got '{self.sampling}'")
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got '{self.amp}'")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got '{self.amp}'")
         if not 0.0 < self.selection <= 1.0:
             raise ValueError(f"selection must be in (0, 1], got {self.selection}")
 
@@ -147,15 +166,20 @@ class Method(nn.Module):
             return p.device
         return torch.device("cpu")
 
-    def _autocast(self):
-        amp = self.config.amp
-        dev = self.device.type
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-        return torch.autocast(device_type=dev, dtype=dtype, enabled=amp is not None)
+    @property
+    def precision(self) -> str:
+        """The precision that runs: ``"fp16"``, ``"bf16"`` or ``"fp32"`` (``AdaptConfig.amp`` resolved)."""
+        return resolve_precision(self.config.amp, self.device)
 
-    def _get_scaler(self):
-        if self.config.amp == "fp16" and self.device.type == "cuda" and self.scaler is None:
-            self.scaler = torch.amp.GradScaler("cuda", init_scale=self.config.grad_scaler_init)
+    def _autocast(self):
+        prec = self.precision
+        dtype = torch.bfloat16 if prec == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=prec != "fp32")
+
+    def _get_scaler(self) -> "torch.amp.GradScaler | None":
+        """The run's fp16 GradScaler (created once, kept across samples as the official loops do)."""
+        if self.precision == "fp16" and self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type, init_scale=self.config.grad_scaler_init)
         return self.scaler
 
     @classmethod
@@ -224,6 +248,7 @@ class Method(nn.Module):
         info["selected"] = ep.selected.tolist() if ep.selected is not None else None
         info.update({k: v for k, v in ep.cache.items() if not k.startswith("_")})
         info["time"] = time.perf_counter() - t0
+        info["precision"] = self.precision
         self.last_info = info
         return pred
 
@@ -238,10 +263,13 @@ class Method(nn.Module):
             if not math.isfinite(lv):
                 return False
             opt.zero_grad(set_to_none=True)
-            if scaler is not None:
+            if scaler is not None:   # fp16: inf/NaN gradients skip the step and lower the scale
                 scaler.scale(loss).backward()
+                scale = scaler.get_scale()
                 scaler.step(opt)
                 scaler.update()
+                if scaler.get_scale() < scale:
+                    info["skipped_steps"] = info.get("skipped_steps", 0) + 1
             else:
                 loss.backward()
                 opt.step()

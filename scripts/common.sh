@@ -15,12 +15,11 @@ SETS="${SETS:-A/V/R/I/K}"
 EXTRA="${EXTRA:-}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-AMP=$(python -c "import torch; print('fp16' if torch.cuda.is_available() else 'null')")
 
 # run_cls NAME CONFIG [key=value ...]: pre-flight check (fails at once naming missing files), then run.
 run_cls() {
     local name="$1" config="$2"; shift 2
-    local args=("data.set_id=$SETS" "run.out_dir=$OUTPUT/$name" "adapt.amp=$AMP" "$@")
+    local args=("data.set_id=$SETS" "run.out_dir=$OUTPUT/$name" "$@")
     # shellcheck disable=SC2206
     [ -n "$EXTRA" ] && args+=($EXTRA)
     python -m tasks.classification.check --config "$REPO/$config" "${args[@]}"

@@ -9,6 +9,7 @@
 #   DATA_ROOT [<repo>/data], PRETRAINED [<repo>/pretrained], OUTPUT [<repo>/output]
 #   CKPT    [$OUTPUT/capdec_opt125m_transformer_coco_01/ckpt-latest.pt]
 #   ANN     [$DATA_ROOT/nocaps/annotations/nocaps_val_4500_captions.json]   split by its "domain" field
+#   VARIANT [empty]   "s": RLCF-S (official case 02: ViT-L/14@336px + RN50x64 + ViT-L/14 rewards, 10/3/5)
 #   IMAGES  [$DATA_ROOT/nocaps/images]                                        the 4,500 validation images
 #   DOMAINS ["in near out"]
 # Results: $OUTPUT/capdec_opt125m_transformer_coco_01/coco2nocaps_tta_01/<domain>/summary.md (and .json, records).

@@ -95,3 +95,36 @@ def test_vocab_size_and_self_bleu():
     varied = ["a dog runs on the grass", "two men play football on a field", "a plate of rice and broccoli",
               "an airplane flies over the city", "a cat sleeps on a red sofa"]
     assert self_bleu(varied) < 20.0
+
+
+def _need_java():
+    import os
+    import shutil
+
+    if shutil.which("java") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test the PTB path: install Java (.ci/run does: apt-get install default-jre-headless)")
+        pytest.skip("no Java here (CI installs it)")
+
+
+def test_ptb_tokenizer_path_with_java():
+    """pycocoevalcap's Stanford PTB tokenizer (Java): clitics split, brackets kept as -lrb-/-rrb-, punctuation
+    dropped; the scores are labelled 'ptb', while the fallback is labelled and warned about."""
+    from tasks.captioning.metrics import tokenize
+
+    _need_java()
+    caps = {"a": ["A man's dog, running (fast) isn't it."], "b": ['Two-headed "cats" sit; on a mat!']}
+    out, used = tokenize(caps, "ptb")
+    assert used == "ptb"
+    assert out == {"a": ["a man 's dog running -lrb- fast -rrb- is n't it"], "b": ["two-headed cats sit on a mat"]}
+    assert tokenize(caps, "auto")[1] == "ptb"
+    m = coco_metrics(REFS, CANDS, tokenizer="auto", meteor=False, spice=False)
+    assert m["tokenizer"] == "ptb" and "tokenizer_warning" not in m
+    s = coco_metrics(REFS, CANDS, tokenizer="simple", meteor=False, spice=False)
+    assert s["tokenizer"] == "simple" and "not PTB" in s["tokenizer_warning"]
+
+
+def test_meteor_with_java():
+    _need_java()
+    m = coco_metrics(REFS, CANDS, tokenizer="ptb", meteor=True, spice=False)
+    assert 0.0 < m["METEOR"] < 100.0

@@ -1,4 +1,5 @@
 """Snapshot/restore, momentum reset point, CLIP loading, text truncation and caching, views, AMP."""
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -130,8 +131,13 @@ def test_views_clean_view_and_determinism():
     assert not torch.equal(a[1], vt(img, seed=8)[1])
     assert torch.equal(a[0], vt(img, seed=8)[0])     # view 0 is the deterministic clean view
     assert ViewTransform(n_views=3, resolution=32, augmix=True)(img, seed=1).shape == (3, 3, 32, 32)
-    with pytest.raises(TypeError):
-        vt(torch.zeros(3, 8, 8))
+    with pytest.raises(TypeError, match="PIL.Image, a tensor or a numpy array"):
+        vt("not an image")
+    # tensors and numpy arrays give the same views as the PIL image they hold (issue: ViewTransform too narrow)
+    arr = np.array(img)
+    assert torch.equal(vt(arr, seed=7), a)
+    assert torch.equal(vt(torch.from_numpy(arr).permute(2, 0, 1), seed=7), a)
+    assert torch.equal(vt(torch.from_numpy(arr).permute(2, 0, 1).float() / 255, seed=7), a)
 
 
 def test_bf16_autocast_on_cpu_when_asked(views):

@@ -206,6 +206,7 @@ def load_captioner(path: str | Path, lm_path: str | Path | None = None, device: 
 
             lm = OPTForCausalLM(OPTConfig.from_dict(lm_info["config"]))
             lm.load_state_dict(lm_info["state_dict"])
+            lm = lm.to(lm_dtype)
             tok = tokenizer_from_json(lm_info["tokenizer"])
         else:
             lm, tok = load_pretrained_lm(lm_path or lm_info["path"], lm_dtype)

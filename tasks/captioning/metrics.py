@@ -63,6 +63,9 @@ def tokenize(captions: Mapping[str, Sequence[str]], tokenizer: str = "auto") -> 
 
         out = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
         return {k: list(v) for k, v in out.items()}, "ptb"
+    logger.warning("caption metrics use the pure-Python fallback tokenizer ('simple'%s): BLEU / CIDEr / ROUGE "
+                   "differ slightly from pycocoevalcap's PTB tokenizer; results are labelled tokenizer=simple",
+                   "" if tokenizer == "simple" else ", Java not found")
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}, "simple"
 
 
@@ -113,7 +116,10 @@ def coco_metrics(references: Mapping[str, Sequence[str]], candidates: Mapping[st
                                **{f"c{i}": [candidates[i]] for i in ids}}, tokenizer)
         gts = {i: both[f"r{i}"] for i in ids}
         res = {i: both[f"c{i}"] for i in ids}
+    # the tokenizer is part of every result: "simple" (the fallback) scores are not the papers' PTB scores
     out: dict[str, float | str | list[str]] = {"tokenizer": used}
+    if used == "simple":
+        out["tokenizer_warning"] = "fallback tokenizer, not PTB (no Java): scores differ slightly from the papers'"
     skipped: list[str] = []
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     for n, b in enumerate(bleu, 1):

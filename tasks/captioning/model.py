@@ -13,6 +13,13 @@ The model (ClipCap's "transformer" variant with a frozen LM, as in the official 
 Token layout of a caption (``ids [B, L]``): ``[BOS, w_1 .. w_n, STOP, PAD ...]``; the loss and
 the sequence log-probability cover ``w_1 .. STOP`` (never BOS, never padding). ``STOP`` is the
 stop token of generation (official OPT: the ``"\\n"`` token; configurable).
+
+Training targets, official vs here: the official ``train.py`` encodes ``[BOS, w_1 .. w_n]`` (no stop
+token), pads with 0 and takes ``cross_entropy(ignore_index=0)`` over ``logits[:, P - 1 : -1]``, i.e.
+over the BOS target (predicted from the last prefix slot) and the words; it never shows the model a
+caption end, so generation stops at a ``"\\n"`` the LM happens to emit or at 50 tokens. Here training
+covers ``w_1 .. STOP``: the model learns to stop, BOS is given, not predicted. The official *TTA*
+token loss is available as :meth:`PrefixCaptioner.official_tta_logprob`.
 """
 from __future__ import annotations
 
@@ -236,6 +243,33 @@ class PrefixCaptioner(nn.Module):
         logits = self.logits(self.prefix(emb), ids, mask)
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+    def official_tta_logprob(self, emb: Tensor, captions: Sequence[str], ignore_index: int = 0) -> Tensor:
+        """Per-caption score ``[B]`` of the official RLCF caption TTA loss (``caption/capdec_tta.py``).
+
+        Official: ``tokenizer(captions, padding=True)`` gives ``[BOS, w_1 .. w_n, PAD ...]`` with no
+        stop token; the logits ``outputs.logits[:, P - 1 : -1]`` predict all ``L`` positions, the BOS
+        one included; ``cross_entropy(..., ignore_index=0, reduction="none")`` is averaged over the
+        padded length ``L``. OPT's pad id is 1, not 0, so the pad targets of the shorter captions stay in
+        the mean (and are trained). The returned score is minus that per-caption loss, so that the
+        method's ``-mean(adv * score)`` equals the official ``mean(rewards * per_caption_loss)``.
+        """
+        toks = self.tokenizer(list(captions), add_special_tokens=False).input_ids
+        seqs = [[self.bos_id] + list(t) for t in toks]
+        length = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        prefix = self.prefix(emb)
+        p = prefix.shape[1]
+        att = torch.cat([torch.ones(mask.shape[0], p, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        out = self.lm(inputs_embeds=self._embed(prefix, ids), attention_mask=att, use_cache=False)
+        logits = out.logits[:, p - 1:-1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[..., None]).squeeze(-1)
+        return (logp * (ids != ignore_index).to(logp.dtype)).sum(-1) / length
 
     def mean_logprob(self, emb: Tensor, captions: Sequence[str]) -> Tensor:
         """Per-caption MEAN token log-prob ``[B]`` (differentiable through the mapper; pads excluded)."""

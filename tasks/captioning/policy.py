@@ -23,7 +23,9 @@ from .model import PrefixCaptioner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CaptionPolicy"]
+__all__ = ["CaptionPolicy", "TOKEN_LOSSES"]
+
+TOKEN_LOSSES = ("official", "clean")
 
 
 class CaptionPolicy(nn.Module):
@@ -36,13 +38,20 @@ class CaptionPolicy(nn.Module):
             ``"sample"`` (nucleus sampling, ``top_p``/``temperature`` from the captioner config).
         final_beams: beams of the final caption (official 5).
         lowercase: lower-case the final caption (official).
+        token_loss: the candidates' score in the policy-gradient loss. ``"official"`` (the paper
+            configs): minus the official per-caption token loss, averaged over the padded length with
+            the BOS and pad targets in (:meth:`PrefixCaptioner.official_tta_logprob`); ``"clean"``: the
+            mean log-prob of each caption's own tokens and STOP, pads excluded.
     """
 
     def __init__(self, captioner: PrefixCaptioner, clip_model: nn.Module, candidates: str = "beam",
-                 final_beams: int = 5, lowercase: bool = True) -> None:
+                 final_beams: int = 5, lowercase: bool = True, token_loss: str = "clean") -> None:
         super().__init__()
         if candidates not in ("beam", "sample"):
             raise ValueError(f"candidates must be 'beam' or 'sample', got '{candidates}'")
+        if token_loss not in TOKEN_LOSSES:
+            raise ValueError(f"token_loss must be one of {TOKEN_LOSSES}, got '{token_loss}'")
+        self.token_loss = token_loss
         self.captioner = captioner
         self.clip_model = clip_model.eval().requires_grad_(False)
         self.captioner.lm.requires_grad_(False)
@@ -68,13 +77,16 @@ class CaptionPolicy(nn.Module):
         return self.captioner.generate(q, num_return_sequences=k, do_sample=self.candidates == "sample")
 
     def sequence_logprob(self, q: Tensor, texts: list[list[str]]) -> Tensor:
-        """``[B, K]`` mean token log-prob of each candidate (caption tokens and STOP, pads excluded);
-        differentiable through the mapper only."""
+        """``[B, K]`` score of each candidate, differentiable through the mapper only: the mean token
+        log-prob of the caption tokens and STOP, pads excluded (``token_loss="clean"``), or minus the
+        official padded token loss (``"official"``)."""
         b, k = len(texts), len(texts[0])
         if b != q.shape[0] or any(len(t) != k for t in texts):
             raise ValueError(f"need {q.shape[0]} rows of K={k} captions, got {[len(t) for t in texts]}")
         flat = [t for row in texts for t in row]
         emb = q.repeat_interleave(k, dim=0)
+        if self.token_loss == "official":
+            return self.captioner.official_tta_logprob(emb, flat).view(b, k)
         return self.captioner.mean_logprob(emb, flat).view(b, k)
 
     @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 import rlcf
 from rlcf.engine import AdaptConfig
 
-from ..common.clip import build_clip, resolve_device
+from ..common.clip import build_clip, build_reward, resolve_device
 from ..common.config import dump_config, load_config
 from ..common.data import require_path
 from .checkpoint import load_captioner
@@ -42,9 +42,12 @@ DEFAULTS: dict[str, Any] = {
     "method": "rlcf",
     "captioner": {"checkpoint": "${OUTPUT:-output}/clipcap_opt125m_transformer_coco_01/ckpt-latest.pt",
                   "lm": f"{_P}/opt-125m", "lm_dtype": "float32", "candidates": "beam", "final_beams": 5,
-                  "max_new_tokens": None, "stop_token": None},   # None: as stored in the checkpoint
+                  "max_new_tokens": None, "stop_token": None,   # None: as stored in the checkpoint
+                  "token_loss": "clean"},   # official | clean (see CaptionPolicy); the paper configs: official
     "model": {"arch": "ViT-B-16", "pretrained": f"{_P}/clip/ViT-B-16.pt", "config_file": None},
-    "reward": {"arch": "ViT-L-14", "pretrained": f"{_P}/clip/ViT-L-14.pt", "config_file": None, "weight": 2.5},
+    # ensemble (RLCF-S): list of {arch, pretrained, config_file, confidence} (official 10 / 3 / 5)
+    "reward": {"arch": "ViT-L-14", "pretrained": f"{_P}/clip/ViT-L-14.pt", "config_file": None, "weight": 2.5,
+               "ensemble": None},
     "eval": {"enabled": True, "arch": "ViT-B-32", "pretrained": f"{_P}/clip/ViT-B-32.pt", "config_file": None,
              "zero_shot": True, "tokenizer": "auto", "meteor": None, "spice": None},   # None: when available
     "data": {"annotations": "${DATA_ROOT:-data}/flickr30k/annotations/flickr30k_test.json",
@@ -53,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "run": {"out_dir": "output/captioning/clipcap_c2f", "workers": 2, "limit": None, "shuffle_seed": None,
             "seed": 0, "device": "auto"},
 }
-DEFAULTS["adapt"].update(steps=4, lr=2e-6, weight_decay=0.0, eps=1e-6, k=10, selection=1.0, amp="fp16")
+DEFAULTS["adapt"].update(steps=4, lr=2e-6, weight_decay=0.0, eps=1e-6, k=10, selection=1.0)
 
 
 def caption_metrics(items: Sequence[CaptionItem], records: Sequence[dict], key: str = "caption",
@@ -122,6 +125,7 @@ class CaptionTask:
         rec["rewards"] = [[round(x, 5) for x in step[0]] for step in info.get("rewards", [])]
         rec["losses"] = info.get("losses", [])
         rec["flags"] = info.get("flags", [])
+        rec["precision"] = self.method.precision
         if self.scorer is not None:   # image and references encoded once for both captions
             refs = self.items[i].references
             keys = ["caption"] + (["caption_zeroshot"] if self.zero_shot else [])
@@ -156,21 +160,16 @@ class CaptionTask:
         items = load_annotations(ann, d["split"], d["domain"])
         clip, preprocess, _ = build_clip(cfg["model"], device)
         mcls = rlcf.get_method(cfg["method"])
-        reward = None
-        if mcls.needs_reward:
-            rmodel, _, rtok = build_clip(cfg["reward"], device)
-            reward = rlcf.CLIPReward(rmodel, rtok, weight=cfg["reward"]["weight"])
+        reward = build_reward(cfg["reward"], device) if mcls.needs_reward else None
         scorer = None
         if cfg["eval"]["enabled"]:
             emodel, _, etok = build_clip(cfg["eval"], device)
             scorer = ClipScorer(emodel, etok)
         captioner = load_captioner(c["checkpoint"], c["lm"], device, getattr(torch, c["lm_dtype"]))
         captioner.configure(**{k: c[k] for k in ("max_new_tokens", "stop_token") if c[k] is not None})
-        policy = CaptionPolicy(captioner, clip, candidates=c["candidates"], final_beams=c["final_beams"]).to(device)
+        policy = CaptionPolicy(captioner, clip, candidates=c["candidates"], final_beams=c["final_beams"],
+                               token_loss=c["token_loss"]).to(device)
         adapt = dict(cfg["adapt"])
-        if device.type != "cuda" and adapt.get("amp"):
-            logger.info("autocast %s is for CUDA: running in fp32 on %s", adapt["amp"], device)
-            adapt["amp"] = None
         method = rlcf.create_method(cfg["method"], policy, reward, AdaptConfig(**adapt))
         dataset = CaptionImageDataset(items, d["images_root"], preprocess)
         e = cfg["eval"]

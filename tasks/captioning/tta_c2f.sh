@@ -3,6 +3,11 @@ GPU=${1:?usage: bash scripts/$(basename "$0") GPU_ID [key.sub=value ...]}
 shift
 source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 NAME=${MODEL}_opt125m_transformer_coco_01
+case "${VARIANT:-}" in   # official case 01 (RLCF) or case 02 (RLCF-S: the three-model reward ensemble)
+  "") VCFG=$MODEL-c2f; CASE=01 ;;
+  s) VCFG=$MODEL-s-c2f; CASE=02 ;;
+  *) echo "VARIANT must be empty (RLCF) or s (RLCF-S)" >&2; exit 2 ;;
+esac
 CKPT=${CKPT:-$OUTPUT/$NAME/ckpt-latest.pt}
 ANN=${ANN:-$DATA_ROOT/flickr30k/annotations/flickr30k_test.json}
 IMAGES=${IMAGES:-$DATA_ROOT/flickr30k}
@@ -16,10 +21,11 @@ need "$IMAGES" "Flickr30K images folder" \
 need_opt
 need_clip ViT-B-16   # prefix encoder
 need_clip ViT-L-14   # reward model
+[ "$CASE" = 02 ] && { need_clip ViT-L-14-336px; need_clip RN50x64; }   # RLCF-S reward ensemble
 need_clip ViT-B-32   # CLIPScore / RefCLIPScore evaluation (Hessel et al.)
 fail_if_missing
 
 pick_gpu "$GPU"
 cd "$ROOT"
-exec python -m tasks.captioning.tta --config "configs/captioning/$MODEL-c2f.yaml" \
+exec python -m tasks.captioning.tta --config "configs/captioning/$VCFG.yaml" \
   captioner.checkpoint="$CKPT" data.annotations="$ANN" data.images_root="$IMAGES" "$@"

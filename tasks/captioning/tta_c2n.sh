@@ -3,7 +3,11 @@ GPU=${1:?usage: bash scripts/$(basename "$0") GPU_ID [key.sub=value ...]}
 shift
 source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 NAME=${MODEL}_opt125m_transformer_coco_01
-CONFIG=configs/captioning/$MODEL-c2n.yaml
+case "${VARIANT:-}" in   # official case 01 (RLCF) or case 02 (RLCF-S: the three-model reward ensemble)
+  "") VCFG=$MODEL-c2n; CASE=01 ;;
+  s) VCFG=$MODEL-s-c2n; CASE=02 ;;
+  *) echo "VARIANT must be empty (RLCF) or s (RLCF-S)" >&2; exit 2 ;;
+esac
 CKPT=${CKPT:-$OUTPUT/$NAME/ckpt-latest.pt}
 ANN=${ANN:-$DATA_ROOT/nocaps/annotations/nocaps_val_4500_captions.json}
 IMAGES=${IMAGES:-$DATA_ROOT/nocaps/images}
@@ -18,12 +22,13 @@ need "$IMAGES" "NoCaps validation images folder" \
 need_opt
 need_clip ViT-B-16
 need_clip ViT-L-14
+[ "$CASE" = 02 ] && { need_clip ViT-L-14-336px; need_clip RN50x64; }   # RLCF-S reward ensemble
 need_clip ViT-B-32
 fail_if_missing
 
 pick_gpu "$GPU"
 cd "$ROOT"
 for d in $DOMAINS; do
-  python -m tasks.captioning.tta --config "$CONFIG" captioner.checkpoint="$CKPT" data.annotations="$ANN" \
-    data.images_root="$IMAGES" data.domain="$d" run.out_dir="$OUTPUT/$NAME/coco2nocaps_tta_01/$d" "$@"
+  python -m tasks.captioning.tta --config "configs/captioning/$VCFG.yaml" captioner.checkpoint="$CKPT" data.annotations="$ANN" \
+    data.images_root="$IMAGES" data.domain="$d" run.out_dir="$OUTPUT/$NAME/coco2nocaps_tta_$CASE/$d" "$@"
 done

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..common.clip import checkpoint_problems
-from ..common.config import load_config
+from ..common.config import for_set, load_config
 from .run import split_set_ids
 from .task import DEFAULTS
 
@@ -26,9 +26,10 @@ def problems(cfg: dict) -> list[str]:
     for set_id in split_set_ids(cfg["data"]["set_id"]):
         if set_id.startswith("world/"):
             continue
+        d = for_set(cfg, set_id)["data"]
         try:
-            build_dataset(set_id, cfg["data"]["root"], classnames_source=cfg["data"]["classnames"],
-                          strict=cfg["data"]["strict"])
+            build_dataset(set_id, d["root"], classnames_source=d["classnames"], templates=d["templates"],
+                          strict=d["strict"])
         except Exception as e:  # noqa: BLE001 - reported to the user
             out.append(f"dataset {set_id}: {e}")
     return out

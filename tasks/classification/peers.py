@@ -51,28 +51,50 @@ class CTPT(Method):
         return marginal_entropy(logits) - lam * text_dispersion(feats)
 
 
-def zero_vote(logits: Tensor, gamma: float) -> Tensor:
+TIE_BREAKS = ("entropy", "view_order")
+
+
+def zero_vote(logits: Tensor, gamma: float, tie_break: str = "entropy", official_fallback: bool = True) -> Tensor:
     """ZERO (Farina et al., NeurIPS'24): one-hot votes of the ``int(V * gamma)`` most confident views.
 
-    Ties are broken as the official code does: the first view, from position ``int(V * gamma)`` on in
-    the original view order, whose argmax is among the tied classes gets the extra vote; if none,
-    the tied class with the highest logit in that view.
+    A tie between classes gets one extra vote, given by ``greedy_break``: the first of the remaining
+    views whose argmax is a tied class. ``tie_break="entropy"`` (official since FarinaMatteo/zero
+    cbd7949, the default): the ``V - k`` *non-selected* views in entropy order (most confident first);
+    ``"view_order"`` (the code before that commit): views ``k..V-1`` in their original order.
+    When no remaining view's argmax is tied, the official fallback (``break_sample_tie`` on the first
+    remaining row) masks ``logit[~ties] = -inf`` with a *bitwise* NOT of the tie indices, i.e. it hides
+    the classes ``-(t + 1)`` (counted from the end) rather than the non-tied ones, and takes the argmax,
+    which may be a class outside the tie; ``official_fallback=False`` takes the tied class with the
+    highest logit there instead.
 
     Args:
         logits: ``[V, C]`` logits of all views.
         gamma: kept fraction (official 0.3).
+        tie_break: ``"entropy"`` or ``"view_order"``.
+        official_fallback: reproduce the official fallback described above.
     Returns:
         ``[C]`` vote counts (float).
     """
-    sel = select_confident(logits, gamma)
-    votes = torch.bincount(logits[sel].argmax(-1), minlength=logits.shape[-1]).float()
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got '{tie_break}'")
+    v = logits.shape[0]
+    order = torch.argsort(entropy(logits.detach()), descending=False)
+    k = max(1, int(v * gamma))
+    votes = torch.bincount(logits[order[:k]].argmax(-1), minlength=logits.shape[-1]).float()
     ties = (votes == votes.max()).nonzero().flatten()
     if len(ties) > 1:
-        k = max(1, int(logits.shape[0] * gamma))
-        rest = logits[k:] if k < logits.shape[0] else logits[-1:]
-        winner = next((int(a) for a in rest.argmax(-1) if a in ties), None)
+        rest = logits[order[k:]] if tie_break == "entropy" else logits[k:]
+        if rest.shape[0] == 0:
+            rest = logits[order[-1:]]
+        tied = set(ties.tolist())
+        winner = next((int(a) for a in rest.argmax(-1) if int(a) in tied), None)
         if winner is None:
-            winner = int(ties[rest[0][ties].argmax()])
+            row = rest[0].clone()
+            if official_fallback:
+                row[~ties] = float("-inf")    # bitwise NOT of the indices, as the official code
+                winner = int(row.argmax())
+            else:
+                winner = int(ties[row[ties].argmax()])
         votes[winner] += 1
     return votes
 
@@ -80,16 +102,19 @@ def zero_vote(logits: Tensor, gamma: float) -> Tensor:
 @rlcf.register_method("zero")
 class Zero(Method):
     """ZERO: no backward pass, argmax voting over the confident views (episodic, training-free).
-    Returns ``log(vote fraction)`` so that softmax gives the vote shares."""
+    Returns ``log(vote fraction)`` so that softmax gives the vote shares. ``extra``: ``tie_break``
+    (``"entropy"``, official HEAD; ``"view_order"``, before cbd7949) and ``official_fallback``
+    (see :func:`zero_vote`)."""
 
-    default_config = AdaptConfig(steps=0, selection=0.3)
+    default_config = AdaptConfig(steps=0, selection=0.3, extra={"tie_break": "entropy", "official_fallback": True})
 
     def forward(self, views: Tensor) -> Tensor:
         views = self.check_views(views)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             ep = self.make_episode(views)
-            votes = zero_vote(ep.all_logits().float(), self.config.selection)
-        self.last_info = {"flags": [], "losses": [], "votes": votes.tolist()}
+            e = {**self.default_config.extra, **self.config.extra}
+            votes = zero_vote(ep.all_logits().float(), self.config.selection, e["tie_break"], e["official_fallback"])
+        self.last_info = {"flags": [], "losses": [], "votes": votes.tolist(), "precision": self.precision}
         return torch.log(votes / votes.sum() + 1e-12)
 
 
@@ -154,8 +179,8 @@ class TDA(Method):
         e = {**self.default_config.extra, **self.config.extra}
         views = self.check_views(views)
         p = self.policy
-        with torch.no_grad():
-            q = p.encode_query(views)
+        with torch.no_grad(), self._autocast():
+            q = p.encode_query(views).float()
             logits = p.logits(q).float()
             c = logits.shape[-1]
             if views.shape[0] > 1:
@@ -177,7 +202,8 @@ class TDA(Method):
                 final += self.pos.logits(feat, e["pos_alpha"], e["pos_beta"], c)
             if self.neg.items:
                 final -= self.neg.logits(feat, e["neg_alpha"], e["neg_beta"], c, tuple(e["neg_mask"]))
-        self.last_info = {"flags": [], "losses": [], "pos_size": sum(len(v) for v in self.pos.items.values())}
+        self.last_info = {"flags": [], "losses": [], "pos_size": sum(len(v) for v in self.pos.items.values()),
+                          "precision": self.precision}
         return final
 
 

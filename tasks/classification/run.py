@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 
-from ..common.config import dump_config, load_config
+from ..common.config import dump_config, for_set, load_config
 from ..common.runner import init_distributed, run
 from ..common.clip import resolve_device, run_fingerprint
 from .task import DEFAULTS, ClassificationTask
@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> dict:
     init_distributed()
     results = {}
     for set_id in split_set_ids(cfg["data"]["set_id"]):
-        one = {**cfg, "data": {**cfg["data"], "set_id": set_id}}
+        one = for_set(cfg, set_id)
         out = Path(cfg["run"]["out_dir"]) / set_id.replace("/", "_")
         out.mkdir(parents=True, exist_ok=True)
         dump_config(one, out / "config.yaml")
         task = ClassificationTask.from_config(one)
         r = one["run"]
-        summary = run(task, out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"],
+        summary = run(task, out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"], shuffle=r["shuffle"],
                       allow_online_sharding=r["allow_online_sharding"], device=resolve_device(r["device"]),
                       desc=f"{one['method']} {set_id}", fingerprint=run_fingerprint(one),
                       meta={"method": one["method"], "policy": one["policy"], "set_id": set_id})

@@ -25,7 +25,8 @@ from .views import ViewTransform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULTS", "ClassificationTask", "build_clip", "build_policy", "build_reward", "resolve_device"]
+__all__ = ["DEFAULTS", "ClassificationTask", "build_clip", "build_policy", "build_reward", "resolve_device",
+           "class_template"]
 
 DEFAULTS: dict[str, Any] = {
     "method": "rlcf",
@@ -33,13 +34,21 @@ DEFAULTS: dict[str, Any] = {
     "model": {"arch": "ViT-B-16", "pretrained": "${PRETRAINED:-pretrained}/clip/ViT-B-16.pt", "config_file": None},
     "reward": {"arch": "ViT-L-14", "pretrained": "${PRETRAINED:-pretrained}/clip/ViT-L-14.pt", "config_file": None,
                "weight": 2.5, "ensemble": None},   # ensemble: list of {arch, pretrained, config_file, confidence}
-    "data": {"set_id": "A", "root": "${DATA_ROOT:-data}", "classnames": "openai", "templates": "single", "strict": True},
-    "views": {"n": 64, "augmix": None, "resolution": None},   # augmix None = official auto rule
-    "prompt": {"n_ctx": 4, "ctx_init": "a photo of a", "coop": None, "text_chunk": None},
+    "data": {"set_id": "A", "root": "${DATA_ROOT:-data}", "classnames": "openai", "templates": "single", "strict": True,
+             "exclude": None},   # exclude: drop images whose file name contains this substring (TDA's quirk)
+    # augmix None = the official rule (fine-grained sets only); augmix_ops official (TPT's op set) | torchvision
+    "views": {"n": 64, "augmix": None, "augmix_ops": "official", "resolution": None, "flip": True,
+              "scale": [0.08, 1.0]},
+    # class_template: the class prompt of the encoder policy and of the reward ("{}" = class name); null =
+    # "<ctx_init> {}." with underscores as spaces. Official encoder tuning: "a_photo_of_a {}." (underscores kept).
+    "prompt": {"n_ctx": 4, "ctx_init": "a photo of a", "coop": None, "text_chunk": None, "class_template": None},
     "encoder": {"norm_only": False, "ensemble": False},   # ensemble: average the dataset's templates
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "extra"} | {"extra": {}},
     "run": {"out_dir": "output/classification", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
-            "device": "auto", "save_logits": False, "allow_online_sharding": False},
+            "device": "auto", "save_logits": False, "allow_online_sharding": False, "shuffle": "python"},
+    # per_set: {fnmatch pattern over set ids: config deltas}, applied in order to each set of data.set_id
+    # (per-dataset values of TDA, C-TPT, ...). See tasks.common.config.for_set.
+    "per_set": {},
 }
 
 
@@ -52,20 +61,34 @@ def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict, templates=No
             policy.load_coop(p["coop"])
         return policy
     if kind == "encoder":
-        return EncoderPolicy(clip, classnames, tokenizer, template=_template(cfg),
+        return EncoderPolicy(clip, classnames, tokenizer, template=class_template(cfg),
                              norm_only=cfg["encoder"]["norm_only"],
                              templates=templates if cfg["encoder"]["ensemble"] else None)
     raise ValueError(f"policy must be 'prompt' or 'encoder', got '{kind}'")
 
 
-def _template(cfg: dict) -> str:
+def class_template(cfg: dict) -> str:
+    """The one class prompt of a run: the encoder policy's text classifier and the reward's class texts.
+
+    ``prompt.class_template`` when set; else ``"<ctx_init> {}."`` with underscores as spaces (what the
+    official prompt tuning gives the reward: ``"a photo of a {}."``). Official *encoder* tuning
+    (``tune_cls_rl.py``, ``CLIPCLS_TTA``) keeps ``ctx_init = "a_photo_of_a"`` raw, so its prompts read
+    ``"a_photo_of_a goldfish."`` (tokens ``a _ photo _ of _ a goldfish .``) for the policy and the reward:
+    the encoder paper configs set ``class_template: "a_photo_of_a {}."``. Class names always have their
+    underscores replaced (official ``reset_classnames``).
+    """
+    t = cfg["prompt"].get("class_template")
+    if t:
+        if "{}" not in t:
+            raise ValueError(f"prompt.class_template must contain '{{}}' for the class name, got {t!r}")
+        return t
     return (cfg["prompt"]["ctx_init"] or "a photo of a").replace("_", " ") + " {}."
 
 
 def build_reward(cfg: dict, classnames, device: torch.device, resolution: int):
     """The reward (or RLCF-S ensemble) with the class prompts cached once per dataset."""
     reward = build_reward_models(cfg["reward"], device, resolution)
-    reward.set_candidates(class_prompts(classnames, _template(cfg)))
+    reward.set_candidates(class_prompts(classnames, class_template(cfg)))
     return reward
 
 
@@ -79,8 +102,14 @@ def build_dataset_from_config(cfg: dict):
         return build_world_dataset(d["set_id"].split("/", 1)[1], root=Path(d["root"]) / "world")
     from .datasets import build_dataset
 
-    return build_dataset(d["set_id"], d["root"], classnames_source=d["classnames"], templates=d["templates"],
-                         strict=d["strict"])
+    ds = build_dataset(d["set_id"], d["root"], classnames_source=d["classnames"], templates=d["templates"],
+                       strict=d["strict"])
+    if d.get("exclude"):   # TDA's listdir drops every file whose name contains "sh" (plushie_*, shark, ...)
+        before = len(ds.items)
+        ds.items = [it for it in ds.items if d["exclude"] not in it[0].rsplit("/", 1)[-1]]
+        logger.info("%s: excluded %d of %d images whose name contains %r", d["set_id"], before - len(ds.items),
+                    before, d["exclude"])
+    return ds
 
 
 class ClassificationTask:
@@ -109,7 +138,8 @@ class ClassificationTask:
         if augmix is None:   # official: AugMix only for the fine-grained sets (multi-letter ids)
             augmix = len(cfg["data"]["set_id"]) > 1 and not cfg["data"]["set_id"].startswith("world/")
         views = ViewTransform(n_views=v["n"], resolution=res, mean=clip.visual.image_mean,
-                              std=clip.visual.image_std, augmix=bool(augmix))
+                              std=clip.visual.image_std, augmix=v["augmix_ops"] if augmix else False,
+                              scale=tuple(v["scale"]), flip=v["flip"])
         return cls(method, dataset, views, seed=cfg["run"]["seed"], save_logits=cfg["run"]["save_logits"])
 
     def __len__(self) -> int:
@@ -131,7 +161,7 @@ class ClassificationTask:
         top5 = torch.topk(logits, min(5, logits.shape[-1])).indices.tolist()
         info = self.method.last_info
         rec = {"label": label, "pred": top5[0], "top5": top5, "confidence": float(probs.max()),
-               "flags": info.get("flags", []), "losses": info.get("losses", [])}
+               "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision}
         if "mean_reward" in info:
             rec["mean_reward"] = info["mean_reward"]
         if self.save_logits:

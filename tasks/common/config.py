@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-__all__ = ["load_config", "merge", "apply_overrides", "dump_config", "expand_env"]
+__all__ = ["load_config", "merge", "apply_overrides", "dump_config", "expand_env", "for_set"]
 
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
@@ -45,7 +45,9 @@ def merge(base: Mapping[str, Any], delta: Mapping[str, Any], path: str = "", str
             if strict:
                 raise KeyError(f"unknown config key '{key}'; valid keys here: {sorted(out)}")
             out[k] = copy.deepcopy(v)
-        elif isinstance(out[k], dict) and isinstance(v, Mapping) and not k.endswith("extra"):
+        elif isinstance(out[k], dict) and isinstance(v, Mapping) and (k.endswith("extra") or k == "per_set"):
+            out[k] = {**out[k], **copy.deepcopy(dict(v))}   # free-form options: a union, later keys win
+        elif isinstance(out[k], dict) and isinstance(v, Mapping):
             out[k] = merge(out[k], v, key + ".", strict)
         else:
             out[k] = _check_type(key, out[k], copy.deepcopy(v))
@@ -96,7 +98,10 @@ def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
     cfg = copy.deepcopy(dict(defaults))
     if path is not None:
         cfg = merge(cfg, _read_yaml(Path(path)))
-    return expand_env(apply_overrides(cfg, overrides))
+    cfg = expand_env(apply_overrides(cfg, overrides))
+    for pattern, delta in (cfg.get("per_set") or {}).items():   # a wrong key fails now, not at that set
+        merge({k: v for k, v in cfg.items() if k != "per_set"}, delta, path=f"per_set.{pattern}.")
+    return cfg
 
 
 def _read_yaml(path: Path) -> dict:
@@ -107,6 +112,21 @@ def _read_yaml(path: Path) -> dict:
     if base is not None:
         data = merge(_read_yaml(path.parent / base), data, strict=False)
     return data
+
+
+def for_set(cfg: Mapping[str, Any], set_id: str) -> dict:
+    """The config of one dataset of a multi-set run: ``data.set_id = set_id`` and every ``per_set`` entry
+    whose key (an ``fnmatch`` pattern, e.g. ``"I"``, ``"[AVRK]"``, ``"??*"`` for the multi-letter
+    fine-grained ids) matches ``set_id`` merged in, in file order (later entries win). The result has
+    no ``per_set`` key: it holds the values that apply, so records depend only on them."""
+    import fnmatch
+
+    out = {k: copy.deepcopy(v) for k, v in cfg.items() if k != "per_set"}
+    out["data"] = {**out["data"], "set_id": set_id}
+    for pattern, delta in (cfg.get("per_set") or {}).items():
+        if fnmatch.fnmatchcase(set_id, str(pattern)):
+            out = merge(out, delta, path=f"per_set.{pattern}.")
+    return out
 
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:

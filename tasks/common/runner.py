@@ -121,11 +121,41 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def sample_order(n: int, limit: int | None = None, shuffle_seed: int | None = None) -> list[int]:
-    """Dataset indices in processing order: sequential, or a seeded shuffle; first ``limit``."""
+SHUFFLES = ("python", "torch_loader")
+
+
+def loader_permutation(n: int, seed: int) -> list[int]:
+    """The order in which ``DataLoader(dataset, batch_size=1, shuffle=True)`` yields ``n`` samples when
+    its iterator is the first thing to draw from torch's RNG after ``torch.manual_seed(seed)``.
+
+    The iterator draws its workers' base seed, then ``RandomSampler`` draws the seed of its own
+    generator and returns ``randperm(n)`` from it (torch 1.13 and 2.x alike). This is the stream the
+    official online methods read (RLCF-S-M: seed 0; TDA: seed 1). Their exact permutation also depends
+    on whatever drew from the RNG between their seeding and the loop (model construction), which no
+    re-implementation can replay, so this is "a shuffled stream with the official seed", not the same one.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    torch.empty((), dtype=torch.int64).random_(generator=g)   # the DataLoader iterator's base seed
+    sampler_seed = int(torch.empty((), dtype=torch.int64).random_(generator=g).item())
+    return torch.randperm(n, generator=torch.Generator().manual_seed(sampler_seed)).tolist()
+
+
+def sample_order(n: int, limit: int | None = None, shuffle_seed: int | None = None,
+                 shuffle: str = "python") -> list[int]:
+    """Dataset indices in processing order: sequential, or a seeded shuffle; first ``limit``.
+
+    Args:
+        shuffle: with a ``shuffle_seed``: ``"python"`` (``random.Random(seed).shuffle``) or
+            ``"torch_loader"`` (:func:`loader_permutation`, the official online methods' stream).
+    """
+    if shuffle not in SHUFFLES:
+        raise ValueError(f"shuffle must be one of {SHUFFLES}, got '{shuffle}'")
     order = list(range(n))
     if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(order)
+        if shuffle == "torch_loader":
+            order = loader_permutation(n, shuffle_seed)
+        else:
+            random.Random(shuffle_seed).shuffle(order)
     return order[:limit] if limit is not None else order
 
 
@@ -190,7 +220,7 @@ def _peak_memory_mb(device: torch.device | None) -> float:
 
 
 def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = None,
-        shuffle_seed: int | None = None, allow_online_sharding: bool = False,
+        shuffle_seed: int | None = None, allow_online_sharding: bool = False, shuffle: str = "python",
         device: torch.device | None = None, desc: str = "samples", meta: dict | None = None,
         shard: bool = True, fingerprint: dict | None = None, on_change: str = "error") -> dict | None:
     """Process every pending sample of ``task`` and return the summary (rank 0; ``None`` elsewhere).
@@ -201,6 +231,8 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
         workers: DataLoader workers for ``task.load`` (0 = in-process).
         limit: process only the first ``limit`` samples of the order.
         shuffle_seed: process in a seeded random order (recorded in the summary), else dataset order.
+        shuffle: how ``shuffle_seed`` shuffles (:func:`sample_order`). An online method's result
+            depends on the stream order: the official TDA / -M runs read a shuffled stream.
         allow_online_sharding: let an online task run sharded (each shard then has its own state).
         device: for peak-memory accounting on CUDA.
         shard: ``False``: this process takes the whole order whatever its rank, with no barrier (the
@@ -222,7 +254,7 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
             _check_fingerprint(out, fingerprint, on_change)
         if world > 1:
             barrier()
-    order = sample_order(len(task), limit, shuffle_seed)
+    order = sample_order(len(task), limit, shuffle_seed, shuffle)
     done = read_records(out)
     online = bool(getattr(task, "online", False))
     # an online task's state depends on every earlier sample: recorded ones are replayed, not re-written
@@ -261,7 +293,8 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
         barrier()
     if rank != 0:
         return None
-    return merge(task, out, order, meta=dict(meta or {}, world_size=world, shuffle_seed=shuffle_seed))
+    return merge(task, out, order, meta=dict(meta or {}, world_size=world, shuffle_seed=shuffle_seed,
+                                                 shuffle=shuffle if shuffle_seed is not None else None))
 
 
 def merge(task: Task, out_dir: str | Path, order: Sequence[int], meta: dict | None = None) -> dict:
@@ -289,6 +322,8 @@ def _markdown(summary: dict) -> str:
     for k, v in summary.get("metrics", {}).items():
         if isinstance(v, (int, float)):
             rows.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+        elif isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            rows.append(f"| {k} | {v if isinstance(v, str) else ', '.join(v) or '-'} |")   # e.g. the tokenizer
     rows += [f"| samples | {summary['n']} |", f"| errors | {summary['errors']} |",
              f"| median s/sample | {summary['time_per_sample_median'] or 0:.4f} |",
              f"| peak memory (MB) | {summary['peak_mem_mb']:.0f} |"]

@@ -68,7 +68,7 @@ def build_reward(cfg: dict, device: torch.device, resolution: int):
 
 def resolve_adapt(cfg: dict, direction: str, gallery_size: int, device: torch.device) -> AdaptConfig:
     """The method's :class:`AdaptConfig`: ``adapt.k`` null -> ``retrieval.k_<direction>`` (capped at
-    the gallery size), ``zeroshot`` -> 0 steps, fp16 autocast on CPU -> fp32."""
+    the gallery size), ``zeroshot`` -> 0 steps."""
     adapt = dict(cfg["adapt"])
     if rlcf.get_method(cfg["method"]).default_config.steps == 0:
         adapt["steps"] = 0
@@ -77,9 +77,6 @@ def resolve_adapt(cfg: dict, direction: str, gallery_size: int, device: torch.de
         logger.warning("k=%d is larger than the gallery (%d items): using k=%d", k, gallery_size, gallery_size)
         k = gallery_size
     adapt["k"] = int(k)
-    if adapt["amp"] == "fp16" and device.type != "cuda":
-        logger.warning("adapt.amp=fp16 needs CUDA: running in fp32 on %s", device)
-        adapt["amp"] = None
     return AdaptConfig(**adapt)
 
 
@@ -179,7 +176,7 @@ class RetrievalTask:
         gt = self.ground_truth(i)
         info = self.method.last_info
         rec = {"rank": best_rank(scores, gt), "gt": gt, "top": ranked(scores, self.top),
-               "flags": info.get("flags", []), "losses": info.get("losses", [])}
+               "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision}
         if "mean_reward" in info:
             rec["mean_reward"] = info["mean_reward"]
         return rec
