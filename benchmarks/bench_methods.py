@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import rlcf  # noqa: E402
-import tasks.classification  # noqa: E402,F401
+from tasks.methods import register_all  # noqa: E402
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts  # noqa: E402
 from tasks.common.clip import load_clip  # noqa: E402
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
+    register_all()
     if args.threads:
         torch.set_num_threads(args.threads)
     p = dict(PRESETS[args.preset])

@@ -1,11 +1,13 @@
 """The episodic adaptation engine: snapshot -> adapt a few steps -> predict -> restore.
 
-:class:`Method` is a drop-in wrapper (tent-style) around a policy. Subclasses only write
-:meth:`Method.loss`; everything else (optimizer, mixed precision, NaN fallback, exact reset,
-momentum reset point) lives here, once.
+:class:`Method` is a drop-in wrapper (tent-style) around a policy. A method writes its :meth:`Method.loss`
+(gradient methods) or its :meth:`Method.predict` (training-free and online methods); everything else
+(optimizer, mixed precision, NaN fallback, exact reset, momentum reset point, the stream state of online
+methods, diagnostics) lives here, once. Every method goes through :meth:`Method.forward`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -15,12 +17,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .episodic import MomentumReset, restore, snapshot, trainable_named_parameters
-from .policy import Episode
+from .episodic import MomentumReset, restore, snapshot, train_only, trainable_named_parameters
+from .policy import Episode, Sample, Sampling
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaptConfig", "Method", "Flags", "AMP_MODES", "resolve_precision"]
+__all__ = ["AdaptConfig", "Method", "Flags", "AMP_MODES", "resolve_precision", "NoOptions"]
 
 AMP_MODES = ("auto", None, "fp32", "bf16", "fp16")
 
@@ -39,7 +41,7 @@ def resolve_precision(amp: str | None, device: torch.device | str) -> str:
 
 @dataclass
 class AdaptConfig:
-    """Hyperparameters of one adaptation method (defaults: official RLCF prompt tuning).
+    """Hyperparameters shared by every adaptation method (defaults: official RLCF prompt tuning).
 
     Attributes:
         steps: optimisation steps per sample (0 = no adaptation).
@@ -63,7 +65,8 @@ class AdaptConfig:
         train_mode: put the policy in ``train()`` mode during the steps (official encoder tuning;
             policies keep their frozen parts in eval), else ``eval()``. Prediction always runs in
             ``eval()`` mode; every module's mode is restored afterwards.
-        extra: method-specific options (e.g. ``{"ctpt_lambda": 20.0}``).
+        options: the method's own options, checked against its :attr:`Method.Options` dataclass
+            (e.g. ``{"ctpt_lambda": 20.0}`` for C-TPT); unknown names are an error.
     """
 
     steps: int = 3
@@ -83,7 +86,7 @@ class AdaptConfig:
     update_freq: int = 64
     update_w: float = 1.0
     train_mode: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -112,30 +115,61 @@ class Flags:
     NAN_FALLBACK = "nan_fallback"
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without options of its own."""
+
+
+def build_options(cls: type, values: dict[str, Any], method: str) -> Any:
+    """``cls(**values)`` with unknown names and wrong types reported by option name."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise TypeError(f"method '{method}' has no option(s) {unknown}; its options: {sorted(names) or 'none'}")
+    out = cls(**values)
+    for n, f in names.items():
+        v, default = getattr(out, n), getattr(cls(), n)
+        if isinstance(default, bool) != isinstance(v, bool) or (
+                isinstance(default, (int, float)) and not isinstance(v, (int, float))) or (
+                isinstance(default, str) and not isinstance(v, str)):
+            raise TypeError(f"option '{n}' of method '{method}' expects {type(default).__name__}, got {v!r}")
+    return out
+
+
 class Method(nn.Module):
     """Base class of every adaptation method.
 
     Args:
-        policy: the model being adapted; its parameters with ``requires_grad=True`` are tuned.
-        reward: a reward callable (see :mod:`rlcf.reward`), for methods that need one.
-        config: hyperparameters; ``None`` uses the method's ``default_config``.
+        policy: the model being adapted (:class:`rlcf.Policy`); what it declares with
+            ``trainable_parameters()`` is tuned (else its parameters with ``requires_grad=True``). Only
+            those require grad during the steps; every flag is restored after.
+        reward: a reward callable ``reward(query, candidates) -> [B, K]`` (see :mod:`rlcf.reward`),
+            for methods that need one.
+        config: hyperparameters; ``None`` uses the method's ``default_config``. ``config.options``
+            become :attr:`options`, an instance of the method's :attr:`Options` dataclass.
 
     Calling the method on a sample (``method(views)``) adapts episodically and returns the
-    prediction of a fresh no-grad forward on view 0; the trainable parameters, their buffers and
-    the optimizer state are restored bit-exactly afterwards (unless the "-M" momentum variant
-    moved the reset point). ``last_info`` holds per-sample diagnostics and flags.
+    prediction (:meth:`predict`: a fresh no-grad forward of view 0 for discrete policies); the trainable
+    parameters, their buffers and the optimizer state are restored bit-exactly afterwards (unless the
+    "-M" momentum variant moved the reset point). ``last_info`` holds per-sample diagnostics and flags.
+
+    Online methods (state carried across the test stream: TDA, every "-M" variant) say so with
+    :attr:`online`; :meth:`reset_stream` starts a new stream and :meth:`stream_state` /
+    :meth:`load_stream_state` checkpoint it.
     """
 
     name: ClassVar[str] = "base"
     episodic: ClassVar[bool] = True
     needs_reward: ClassVar[bool] = False
     default_config: ClassVar[AdaptConfig] = AdaptConfig()
+    Options: ClassVar[type] = NoOptions
 
     def __init__(self, policy: nn.Module, reward: Any = None, config: AdaptConfig | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.reward = reward
         self.config = config if config is not None else replace(self.default_config)
+        self.options = build_options(self.Options, dict(self.config.options), self.name)
         if self.needs_reward and reward is None:
             raise ValueError(f"method '{self.name}' needs a reward model (reward=...)")
         if not self.supports(policy):
@@ -147,6 +181,7 @@ class Method(nn.Module):
         self.optimizer = self._build_optimizer() if self.params else None
         self.snap = snapshot(policy, self.optimizer)
         c = self.config
+        self.sampling = Sampling(c.k, c.sampling, c.temperature)
         self.momentum = (MomentumReset(self.snap, c.momentum, c.update_freq, c.update_w)
                          if c.momentum is not None else None)
         self.scaler = None
@@ -171,6 +206,11 @@ class Method(nn.Module):
         """The precision that runs: ``"fp16"``, ``"bf16"`` or ``"fp32"`` (``AdaptConfig.amp`` resolved)."""
         return resolve_precision(self.config.amp, self.device)
 
+    @property
+    def online(self) -> bool:
+        """State is carried across samples (the stream order matters; sharding changes results)."""
+        return not self.episodic or self.momentum is not None
+
     def _autocast(self):
         prec = self.precision
         dtype = torch.bfloat16 if prec == "bf16" else torch.float16
@@ -188,71 +228,101 @@ class Method(nn.Module):
         return True
 
     # ------------------------------------------------------------- the method
-    def make_episode(self, views: Tensor) -> Episode:
-        return Episode(self.policy, views, self.config.selection)
-
     def begin(self, ep: Episode) -> None:
-        """Per-sample set-up before the first step (e.g. reward query features)."""
+        """Per-sample set-up before the first step (optional)."""
 
     def loss(self, ep: Episode, step: int) -> Tensor:
-        """The objective of one step. Subclasses implement it."""
-        raise NotImplementedError
+        """The objective of one step (gradient methods implement it)."""
+        raise NotImplementedError(f"method '{self.name}' has no loss: set steps=0 or implement loss()")
 
-    def predict(self, ep: Episode) -> Tensor:
-        return ep.predict()
+    def predict(self, ep: Episode) -> Any:
+        """The prediction, after the steps (no grad, eval mode, autocast): the policy's by default;
+        training-free and online methods (ZERO, TDA) override it."""
+        return self.policy.predict(ep)
 
-    # -------------------------------------------------------------- episodes
+    # -------------------------------------------------------- episodes, streams
     def reset(self) -> None:
         """Restore the reset point: trainable parameters, their buffers, optimizer state."""
         restore(self.policy, self.snap, self.optimizer)
 
-    def check_views(self, views: Tensor) -> Tensor:
-        if not isinstance(views, Tensor):
-            raise TypeError(f"sample must be a torch.Tensor of views, got {type(views).__name__}")
-        if views.dim() == 3 and views.is_floating_point():
-            views = views.unsqueeze(0)
-        if views.shape[0] < 1:
-            raise ValueError("sample has no views")
-        return views.to(self.device)
+    def reset_stream(self) -> None:
+        """Start a new test stream: forget what earlier samples left (the "-M" EMA and reset point;
+        subclasses add their own state, e.g. TDA's caches)."""
+        if self.momentum is not None:
+            self.momentum.reset()
+            self.reset()
 
-    def forward(self, views: Tensor) -> Tensor | str:
+    def stream_state(self) -> dict[str, Any]:
+        """What an online method carries across samples, as a checkpointable dict."""
+        return {"momentum": self.momentum.state_dict()} if self.momentum is not None else {}
+
+    def load_stream_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`stream_state` (e.g. to resume a stream)."""
+        if self.momentum is not None and "momentum" in state:
+            self.momentum.load_state_dict(state["momentum"])
+            self.reset()
+
+    def check_sample(self, sample: Sample) -> Tensor | list[str]:
+        """``[V, ...]`` views (a single ``[3, H, W]`` image becomes one view) on the method's device, or
+        a list of text queries (a string becomes one)."""
+        if isinstance(sample, str):
+            return [sample]
+        if isinstance(sample, (list, tuple)) and sample and all(isinstance(s, str) for s in sample):
+            return list(sample)
+        if not isinstance(sample, Tensor):
+            raise TypeError(f"sample must be a torch.Tensor of views or text queries (str), "
+                            f"got {type(sample).__name__}")
+        if sample.dim() == 3 and sample.is_floating_point():
+            sample = sample.unsqueeze(0)
+        if sample.shape[0] < 1:
+            raise ValueError("sample has no views")
+        return sample.to(self.device)
+
+    def make_episode(self, sample: Sample) -> Episode:
+        return Episode(self.check_sample(sample), self.config.selection)
+
+    def forward(self, sample: Sample) -> Any:
         """Adapt on one sample and return its prediction (see class docstring)."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError("rlcf adaptation needs autograd: call it under torch.no_grad(), "
                                "not torch.inference_mode()")
-        views = self.check_views(views)
         t0 = time.perf_counter()
+        ep = self.make_episode(sample)
         info: dict[str, Any] = {"losses": [], "flags": []}
         modes = [(m, m.training) for m in self.policy.modules()]
-        with torch.enable_grad():
-            ep = self.make_episode(views)
-            if self.config.steps > 0:
+        ok = True
+        if self.config.steps > 0:
+            with torch.enable_grad():
                 self.begin(ep)
-            ok = self._adapt(ep, info)
+                ok = self._adapt(ep, info)
         self.policy.eval()
-        with self._autocast():
+        with torch.no_grad(), self._autocast():
             pred = self.predict(ep)
         if not ok or (isinstance(pred, Tensor) and not torch.isfinite(pred).all()):
-            if Flags.NAN_FALLBACK not in info["flags"]:
-                info["flags"].append(Flags.NAN_FALLBACK)
+            info["flags"].append(Flags.NAN_FALLBACK)
             logger.warning("non-finite loss or prediction during '%s' adaptation: using the unadapted "
                            "prediction", self.name)
             self.reset()
-            with self._autocast():
-                pred = self.predict(self.make_episode(views))
+            with torch.no_grad(), self._autocast():
+                pred = self.predict(self.make_episode(sample))
         elif self.momentum is not None and self.config.steps > 0:
             self.momentum.update(self.policy)
-        self.reset()
+        if self.config.steps > 0:
+            self.reset()
         for m, mode in modes:
             m.training = mode
         info["selected"] = ep.selected.tolist() if ep.selected is not None else None
-        info.update({k: v for k, v in ep.cache.items() if not k.startswith("_")})
+        info.update(ep.info)
         info["time"] = time.perf_counter() - t0
         info["precision"] = self.precision
         self.last_info = info
         return pred
 
     def _adapt(self, ep: Episode, info: dict[str, Any]) -> bool:
+        with train_only(self.policy, self.params):
+            return self._steps(ep, info)
+
+    def _steps(self, ep: Episode, info: dict[str, Any]) -> bool:
         opt, scaler = self.optimizer, self._get_scaler()
         self.policy.train(self.config.train_mode)
         for step in range(self.config.steps):

@@ -9,19 +9,45 @@ from __future__ import annotations
 
 import copy
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Snapshot", "snapshot", "restore", "trainable_named_parameters", "MomentumReset"]
+__all__ = ["Snapshot", "snapshot", "restore", "trainable_named_parameters", "train_only", "MomentumReset"]
 
 
 def trainable_named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parameters with ``requires_grad=True``, by qualified name."""
+    """What adaptation trains, by qualified name: the policy's own declaration
+    (``model.trainable_parameters() -> {name: parameter}``) when it has one, else the parameters with
+    ``requires_grad=True``."""
+    if hasattr(model, "trainable_parameters"):
+        named = dict(model.named_parameters())
+        own = dict(model.trainable_parameters())
+        unknown = [n for n in own if n not in named or named[n] is not own[n]]
+        if unknown:
+            raise KeyError(f"trainable_parameters() names {unknown[:3]} that are not parameters of the policy")
+        return own
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+@contextmanager
+def train_only(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Within the block, exactly ``params`` of ``model`` require grad; every flag is restored after, so
+    policies that share a CLIP never see each other's settings."""
+    keep = {id(p) for p in params}
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
 
 
 def _owners_of(model: nn.Module, names: set[str]) -> set[str]:
@@ -53,7 +79,7 @@ def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -
     """Copy the state that adaptation may change.
 
     Args:
-        model: the policy; its parameters with ``requires_grad=True`` are the trainable ones.
+        model: the policy; :func:`trainable_named_parameters` says what it trains.
         optimizer: optional optimizer whose ``state_dict`` is deep-copied.
     """
     params = {n: p.detach().clone() for n, p in trainable_named_parameters(model).items()}
@@ -119,5 +145,23 @@ class MomentumReset:
                 v.copy_(self.original[n] * (1.0 - w) + self.ema[n] * w)
             logger.debug("momentum reset point updated after %d samples", self.count)
 
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Start a new stream: the EMA and the reset point go back to the original weights."""
+        for n, v in self.original.items():
+            self.ema[n].copy_(v)
+            self.snap.params[n].copy_(v)
+        self.count = 0
+
     def state_dict(self) -> dict:
-        return {"ema": self.ema, "reset_point": self.snap.params, "count": self.count}
+        return {"ema": {n: v.clone() for n, v in self.ema.items()},
+                "reset_point": {n: v.clone() for n, v in self.snap.params.items()}, "count": self.count}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (EMA, reset point, sample count)."""
+        for n, v in state["ema"].items():
+            self.ema[n].copy_(v)
+        for n, v in state["reset_point"].items():
+            self.snap.params[n].copy_(v)
+        self.count = int(state["count"])

@@ -1,10 +1,14 @@
 """Method registry (timm-style) and the core methods: ``zeroshot``, ``tpt``, ``rlcf``.
 
-Each method is a :class:`~rlcf.engine.Method` subclass that writes only its loss::
+Each method is a :class:`~rlcf.engine.Method` subclass that writes only its loss (or, training-free,
+its prediction)::
 
     @register_method("rlcf")
     class RLCF(Method):
         def loss(self, ep, step): ...
+
+Peer methods (C-TPT, ZERO, TDA, KD) live with the tasks and are registered explicitly by
+:func:`tasks.methods.register_all`, the one list of every method.
 
 ``create_method(name, policy, reward, **overrides)`` builds one; ``list_methods()`` lists them.
 """
@@ -13,14 +17,12 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Callable, TypeVar
 
-import torch
 from torch import Tensor
 
 from .baselines import compute_advantages
 from .engine import AdaptConfig, Method
-from .losses import marginal_entropy, reinforce_ce, reinforce_logprob
-from .policy import Episode, is_generative
-from .sampling import sample_candidates, topk_candidates
+from .losses import marginal_entropy, reinforce_logprob
+from .policy import DiscretePolicy, Episode
 
 __all__ = ["register_method", "create_method", "list_methods", "get_method", "ZeroShot", "TPT", "RLCF"]
 
@@ -70,79 +72,52 @@ def create_method(name: str, policy: Any, reward: Any = None, config: AdaptConfi
 
 @register_method("zeroshot")
 class ZeroShot(Method):
-    """No adaptation: the policy's prediction on view 0."""
+    """No adaptation: the policy's prediction (view 0)."""
 
     default_config = AdaptConfig(steps=0, selection=1.0)
 
-    def loss(self, ep: Episode, step: int) -> Tensor:  # pragma: no cover - steps is 0
-        raise RuntimeError("zeroshot has no loss; use steps=0")
-
-    def forward(self, views: Tensor) -> Tensor:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if self.config.steps != 0:
             raise ValueError("zeroshot adapts nothing: steps must be 0")
-        return super().forward(views)
 
 
 @register_method("tpt")
 class TPT(Method):
-    """TPT: minimise the marginal entropy of the confident views (1 step, lr 5e-3 by default)."""
+    """TPT: minimise the marginal entropy of the confident views (1 step, lr 5e-3 by default). Discrete
+    policies only (it needs a distribution over a fixed candidate set)."""
 
     default_config = AdaptConfig(steps=1, lr=5e-3, selection=0.1)
 
+    @classmethod
+    def supports(cls, policy: Any) -> bool:
+        return isinstance(policy, DiscretePolicy)
+
     def loss(self, ep: Episode, step: int) -> Tensor:
-        return marginal_entropy(ep.selected_logits())
+        return marginal_entropy(self.policy.selected_logits(ep))
 
 
 @register_method("rlcf")
 class RLCF(Method):
-    """RLCF: REINFORCE with a CLIP reward.
+    """RLCF: REINFORCE with a CLIP reward, for any policy (classes, gallery items, captions).
 
-    Per step: logits of the confident views (selected once, at step 0) -> K candidates per view
-    (top-K, or sampled) -> CLIPScore rewards from the frozen reward CLIP -> advantages (mean of
-    the K by default) -> ``mean(adv * CE(logits, candidate))``. The reward model encodes the
-    selected views once per sample.
+    Per step: the policy's rollout (K candidates per query row: top-K of the confident views' logits,
+    selected once at step 0, or K beam-search captions) -> rewards ``reward(query, candidates)`` from the
+    frozen reward CLIP -> advantages (mean of the K by default) -> ``-mean(adv * log p(candidate))``,
+    the official ``mean(adv * CE(logits, candidate))`` (captions: ``mean_k(adv_k * token loss_k)``).
+    The reward encodes the query once per sample.
     """
 
     needs_reward = True
     default_config = AdaptConfig(steps=3, lr=7e-3, weight_decay=5e-4, k=3, selection=0.1)
 
-    def sample(self, logits: Tensor) -> Tensor:
-        c = self.config
-        if c.sampling == "topk":
-            return topk_candidates(logits, c.k)
-        return sample_candidates(logits, c.k, c.temperature)
-
-    def rewards(self, ep: Episode, candidates: Tensor) -> Tensor:
-        """``[S, K]`` rewards; the reward model encodes the selected views once per sample."""
-        if "_reward_query_set" not in ep.cache:
-            self.reward.set_query(ep.views[ep.selected])
-            ep.cache["_reward_query_set"] = True
-        return self.reward(candidates)
-
     def loss(self, ep: Episode, step: int) -> Tensor:
-        if is_generative(self.policy):
-            return self.generative_loss(ep)
         c = self.config
-        logits = ep.selected_logits()
-        cand = self.sample(logits)
-        rewards = self.rewards(ep, cand)
-        ep.cache.setdefault("mean_reward", []).append(float(rewards.mean()))
+        ro = self.policy.rollout(ep, self.sampling)
+        rewards = self.reward(ro.query, ro.candidates)
+        ep.log("mean_reward", float(rewards.mean()))
+        if not isinstance(ro.candidates, Tensor):   # generated texts: keep them for the records
+            ep.log("candidates", ro.candidates)
+            ep.log("rewards", rewards.tolist())
         adv = compute_advantages(rewards, c.baseline, c.normalize_advantages)
-        return reinforce_ce(logits, cand, adv.to(logits.device))
-
-    def generative_loss(self, ep: Episode) -> Tensor:
-        """Captions: K candidates generated by the current policy (no grad), CLIPScore rewards on
-        the raw text, mean-of-K baseline, ``-mean(adv * sequence log-prob)`` (official
-        ``mean_k(adv_k * mean-token CE_k)``)."""
-        c, p = self.config, self.policy
-        if ep.selected is None:
-            ep.selected = torch.arange(ep.views.shape[0], device=ep.views.device)
-        q = ep.frozen_query
-        texts = p.generate(q, c.k)
-        rewards = self.rewards(ep, texts)
-        ep.cache.setdefault("mean_reward", []).append(float(rewards.mean()))
-        ep.cache.setdefault("candidates", []).append(texts)
-        ep.cache.setdefault("rewards", []).append(rewards.tolist())
-        adv = compute_advantages(rewards, c.baseline, c.normalize_advantages)
-        logp = p.sequence_logprob(q, texts)
-        return reinforce_logprob(logp, adv.to(logp.device))
+        return reinforce_logprob(ro.logprobs, adv.to(ro.logprobs.device))

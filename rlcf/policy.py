@@ -1,124 +1,196 @@
-"""Policy contracts and the per-sample episode cache.
+"""The policy contract, the per-sample episode, and the discrete-policy base class.
 
-A *discrete* policy scores a fixed candidate set (classes, gallery items) for a batch of
-queries (the views of one test image, or one caption)::
+Every policy, discrete (classes, gallery items) or generative (captions), does two things::
 
-    q = policy.encode_query(x)       # [B, D] query features
-    logits = policy.logits(q)        # [B, C] scores over the C candidates
+    ro = policy.rollout(ep, sampling)   # Rollout: K candidates per query row, their log-probs, the reward's query
+    pred = policy.predict(ep)           # the final prediction: [C] logits of the clean view, or a caption
 
-``policy.query_trainable`` says whether ``encode_query`` depends on trainable parameters
-(encoder tuning: yes; prompt tuning: no, so the query features are computed once per sample).
+:class:`Rollout` carries ``candidates`` (``[B, K]`` indices into a cached candidate set, or ``B`` lists of
+``K`` texts), ``logprobs`` (``[B, K]``, differentiable: the policy-gradient term) and ``query`` (what the
+reward scores the candidates against: the ``B`` selected views, the caption, the image). A method never
+needs to know which kind of policy it adapts.
+
+:class:`DiscretePolicy` implements both from two functions, ``encode_query(x) -> [B, D]`` and
+``logits(q) -> [B, C]``, plus the flag ``query_trainable`` (encoder tuning: the query side has trainable
+parameters; prompt tuning: it has not, so the query features are computed once per sample). It also
+owns TPT's confident-view selection (chosen once, at the first step).
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from .losses import select_confident
+from .sampling import sample_candidates, topk_candidates
 
-__all__ = ["DiscretePolicy", "GenerativePolicy", "Episode", "is_generative"]
+__all__ = ["Sampling", "Rollout", "Episode", "Policy", "DiscretePolicy", "Sample"]
+
+#: A sample: ``[V, ...]`` views (or one ``[3, H, W]`` image), or text queries (a string / list of strings).
+Sample = Tensor | str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How candidates are drawn: ``k`` per query row, ``"topk"`` (deterministic, official) or
+    ``"sample"`` (from the softmax at ``temperature``). Generative policies read ``k`` (and may read the mode)."""
+
+    k: int = 3
+    mode: str = "topk"
+    temperature: float = 1.0
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """``[B, C]`` logits -> ``[B, K]`` candidate indices."""
+        if self.mode == "topk":
+            return topk_candidates(logits, self.k)
+        return sample_candidates(logits, self.k, self.temperature)
+
+
+@dataclass
+class Rollout:
+    """K candidates per query row (see the module docstring).
+
+    Attributes:
+        candidates: ``[B, K]`` long indices, or ``B`` lists of ``K`` strings.
+        logprobs: ``[B, K]`` differentiable log-probability (score) of each candidate.
+        query: the reward's query for the ``B`` rows (images ``[B, 3, H, W]`` or ``B`` strings); the
+            same object at every step of an episode, so a reward may cache its features by identity.
+        logits: ``[B, C]`` logits of a discrete policy (``None`` for generative ones).
+    """
+
+    candidates: Tensor | list[list[str]]
+    logprobs: Tensor
+    query: Any
+    logits: Tensor | None = None
+
+
+class Episode:
+    """What one test sample keeps during its adaptation.
+
+    Attributes:
+        inputs: the sample: ``[V, ...]`` views (view 0 is the clean one) or a list of text queries.
+        selection: fraction of the most confident views kept (chosen once, at the first step).
+        selected: ``[S]`` indices of the kept views (``None`` until chosen).
+        query_features: cached query features when the query side is frozen (policy-owned).
+        info: per-sample diagnostics (lists of per-step values, ...), copied into ``Method.last_info``.
+    """
+
+    def __init__(self, inputs: Tensor | list[str], selection: float = 1.0) -> None:
+        self.inputs = inputs
+        self.selection = selection
+        self.selected: Tensor | None = None
+        self.query_features: Tensor | None = None
+        self._reward_query: Any = None
+        self.info: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def log(self, key: str, value: Any) -> None:
+        """Append ``value`` to the diagnostic list ``info[key]`` (one entry per step)."""
+        self.info.setdefault(key, []).append(value)
+
+    def take(self, idx: Tensor) -> Tensor | list[str]:
+        """The inputs at ``idx`` (tensor indexing, or a list for text inputs)."""
+        if isinstance(self.inputs, Tensor):
+            return self.inputs[idx.to(self.inputs.device)]
+        return [self.inputs[int(i)] for i in idx]
+
+    @property
+    def selected_inputs(self) -> Tensor | list[str]:
+        """The kept views (the same object all episode long: the reward's query)."""
+        if self.selected is None:
+            raise RuntimeError("no view selected yet")
+        if self._reward_query is None:
+            self._reward_query = self.take(self.selected)
+        return self._reward_query
 
 
 @runtime_checkable
-class DiscretePolicy(Protocol):
-    query_trainable: bool
+class Policy(Protocol):
+    """What every policy implements (see the module docstring)."""
 
-    def encode_query(self, x: Tensor) -> Tensor: ...
+    def rollout(self, ep: Episode, sampling: Sampling) -> Rollout: ...
 
-    def logits(self, q: Tensor) -> Tensor: ...
+    def predict(self, ep: Episode) -> Any: ...
 
     def parameters(self, recurse: bool = True): ...
 
 
-@runtime_checkable
-class GenerativePolicy(Protocol):
-    """A policy whose candidates are generated sequences (captions).
+class DiscretePolicy(nn.Module):
+    """Base class of policies that score a fixed candidate set: classes, gallery items.
 
-    ``encode_query`` maps the sample (e.g. the image ``[1, 3, H, W]``) to the frozen conditioning
-    (e.g. the CLIP prefix embedding ``[1, D]``), computed once per sample.
+    Subclasses implement :meth:`encode_query` (``x [B, ...] -> [B, D]``) and :meth:`logits`
+    (``q [B, D] -> [B, C]``) and set :attr:`query_trainable`.
     """
 
-    def encode_query(self, x: Tensor) -> Tensor: ...
+    query_trainable: bool = False
 
-    def generate(self, q: Tensor, k: int) -> list[list[str]]:
-        """``B`` lists of ``k`` candidate texts (no grad; beam search or sampling)."""
+    def encode_query(self, x: Any) -> Tensor:
+        raise NotImplementedError
 
-    def sequence_logprob(self, q: Tensor, texts: list[list[str]]) -> Tensor:
-        """``[B, K]`` differentiable log-probability score of each candidate (e.g. mean token log-prob)."""
+    def logits(self, q: Tensor, **kw: Any) -> Tensor:
+        raise NotImplementedError
 
-    def predict(self, q: Tensor) -> list[str]:
-        """Final output per query row (e.g. 5-beam caption)."""
-
-
-def is_generative(policy: object) -> bool:
-    return isinstance(policy, GenerativePolicy)
-
-
-class Episode:
-    """Everything cached for one test sample (one episode).
-
-    Args:
-        policy: the discrete policy.
-        views: ``[V, ...]`` inputs of the sample; view 0 is the clean one used for prediction.
-        selection: fraction of most confident views kept (chosen once, at the first step).
-    """
-
-    def __init__(self, policy: nn.Module, views: Tensor, selection: float = 1.0) -> None:
-        self.policy = policy
-        self.views = views
-        self.selection = selection
-        self.selected: Tensor | None = None
-        self._query: Tensor | None = None  # cached query features when the query side is frozen
-        self.cache: dict = {}  # method-specific per-sample state (reward query set, diagnostics)
-
-    @property
-    def frozen_query(self) -> Tensor:
-        if self._query is None:
+    # ------------------------------------------------------------------ per-episode helpers
+    def frozen_query(self, ep: Episode) -> Tensor:
+        """Query features of every view, computed once per sample without grad (frozen query side)."""
+        if ep.query_features is None:
             with torch.no_grad():
-                self._query = self.policy.encode_query(self.views).detach()
-        return self._query
+                ep.query_features = self.encode_query(ep.inputs).detach()
+        return ep.query_features
 
-    def selected_logits(self) -> Tensor:
-        """Logits ``[S, C]`` (with grad) of the confident views; selects them on the first call.
+    def _select(self, ep: Episode, logits: Tensor) -> None:
+        if ep.selection >= 1.0:
+            ep.selected = torch.arange(logits.shape[0], device=logits.device)
+        else:
+            ep.selected = select_confident(logits, ep.selection)
+
+    def selected_logits(self, ep: Episode, **kw: Any) -> Tensor:
+        """Logits ``[S, C]`` (with grad) of the confident views; they are chosen on the first call.
 
         Frozen query: all-view logits are computed once with grad and sliced (one text pass).
-        Trainable query: views are ranked by a no-grad forward, then only the ``S`` selected
-        views are forwarded with grad (identical values for models without batch statistics).
+        Trainable query: views are ranked by a no-grad forward, then only the ``S`` selected views are
+        forwarded with grad (identical values for models without batch statistics). ``kw`` goes to
+        :meth:`logits` (e.g. precomputed class features).
         """
-        p = self.policy
-        if self.selected is None:
-            if p.query_trainable and self.selection >= 1.0:   # nothing to rank: every view is kept
-                self.selected = torch.arange(self.views.shape[0], device=self.views.device)
-                return p.logits(p.encode_query(self.views))
-            if p.query_trainable:
+        if ep.selected is None:
+            if self.query_trainable and ep.selection >= 1.0:   # nothing to rank: every view is kept
+                ep.selected = torch.arange(len(ep), device=self._device())
+                return self.logits(self.encode_query(ep.inputs), **kw)
+            if self.query_trainable:
                 with torch.no_grad():
-                    all_logits = p.logits(p.encode_query(self.views))
-                self.selected = self._select(all_logits)
-                return p.logits(p.encode_query(self.views[self.selected]))
-            all_logits = p.logits(self.frozen_query)
-            self.selected = self._select(all_logits)
-            return all_logits[self.selected]
-        if p.query_trainable:
-            return p.logits(p.encode_query(self.views[self.selected]))
-        return p.logits(self.frozen_query[self.selected])
+                    self._select(ep, self.logits(self.encode_query(ep.inputs), **kw))
+                return self.logits(self.encode_query(ep.selected_inputs), **kw)
+            all_logits = self.logits(self.frozen_query(ep), **kw)
+            self._select(ep, all_logits)
+            return all_logits[ep.selected]
+        if self.query_trainable:
+            return self.logits(self.encode_query(ep.selected_inputs), **kw)
+        return self.logits(self.frozen_query(ep)[ep.selected], **kw)
 
-    def _select(self, logits: Tensor) -> Tensor:
-        if self.selection >= 1.0:
-            return torch.arange(logits.shape[0], device=logits.device)
-        return select_confident(logits, self.selection)
+    def all_logits(self, ep: Episode) -> Tensor:
+        """Logits ``[V, C]`` of every view."""
+        q = self.encode_query(ep.inputs) if self.query_trainable else self.frozen_query(ep)
+        return self.logits(q)
 
-    def all_logits(self) -> Tensor:
-        """Logits ``[V, C]`` of every view (with grad when the policy has trainable parts)."""
-        p = self.policy
-        return p.logits(p.encode_query(self.views) if p.query_trainable else self.frozen_query)
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # ------------------------------------------------------------------ the contract
+    def rollout(self, ep: Episode, sampling: Sampling) -> Rollout:
+        """Candidates from the selected views' logits; ``logprobs = log_softmax(logits)[candidates]``."""
+        logits = self.selected_logits(ep)
+        cand = sampling(logits)
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, cand)
+        return Rollout(cand, logp, ep.selected_inputs, logits)
 
     @torch.no_grad()
-    def predict(self) -> Tensor | str:
-        """Fresh no-grad forward of the clean view 0: logits ``[C]`` (or the generated text)."""
-        p = self.policy
-        if is_generative(p):
-            return p.predict(self.frozen_query[:1])[0]
-        q = p.encode_query(self.views[:1]) if p.query_trainable else self.frozen_query[:1]
-        return p.logits(q)[0].float()
+    def predict(self, ep: Episode) -> Tensor:
+        """Fresh no-grad forward of the clean view 0: logits ``[C]`` (float32)."""
+        q = self.encode_query(ep.take(torch.tensor([0]))) if self.query_trainable else self.frozen_query(ep)[:1]
+        return self.logits(q)[0].float()

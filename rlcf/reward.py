@@ -1,14 +1,19 @@
 """Rewards from a frozen reward CLIP: CLIPScore ``w * max(cos, 0)``, cached features, ensembles.
 
-A reward is a plain callable ``reward(candidates) -> [B, K]`` once the sample's query has been
-set with ``reward.set_query(...)``. Candidates are either indices into a cached candidate set
-(class prompts, a retrieval gallery: ``[B, K]`` long tensor) or ``B`` lists of ``K`` strings
-(generated captions).
+A reward is a plain, stateless callable (TRL-style)::
+
+    rewards = reward(query, candidates)      # [B, K]
+
+``query``: the ``B`` query rows (images ``[B, 3, H, W]``, or ``B`` strings); ``candidates``: ``[B, K]``
+indices into the candidate set cached once per dataset (class prompts, a retrieval gallery:
+:meth:`CLIPReward.set_candidates`), or ``B`` lists of ``K`` strings (generated captions). Caching stays
+inside: the candidate features once per dataset, the query features once per sample, keyed by the query
+itself (the same tensor object, unmodified, or the same strings), never by a flag the caller sets.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +21,7 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["clip_score", "CLIPLike", "CLIPReward", "EnsembleReward", "Reward", "input_resolution"]
+__all__ = ["clip_score", "CLIPLike", "CLIPReward", "EnsembleReward", "Reward", "input_resolution", "encode_batched"]
 
 
 @runtime_checkable
@@ -31,9 +36,19 @@ class CLIPLike(Protocol):
 
 
 class Reward(Protocol):
-    def set_query(self, query: Tensor | Sequence[str]) -> None: ...
+    def __call__(self, query: Tensor | Sequence[str], candidates: Tensor | Sequence[Sequence[str]]) -> Tensor: ...
 
-    def __call__(self, candidates: Tensor | Sequence[Sequence[str]]) -> Tensor: ...
+
+@torch.no_grad()
+def encode_batched(encode: Callable[[Any], Tensor], inputs: Tensor | Sequence[Any], batch_size: int = 256,
+                   normalize: bool = True) -> Tensor:
+    """``encode`` over ``inputs`` (a tensor or a sequence) in chunks of ``batch_size``: ``[N, D]`` float32,
+    L2-normalised unless ``normalize=False``. The one batched-encode loop of the toolkit."""
+    if len(inputs) == 0:
+        raise ValueError("nothing to encode: empty input")
+    out = [encode(inputs[i:i + batch_size]).float() for i in range(0, len(inputs), batch_size)]
+    x = torch.cat(out)
+    return F.normalize(x, dim=-1) if normalize else x
 
 
 def clip_score(image_feats: Tensor, text_feats: Tensor, weight: float = 2.5) -> Tensor:
@@ -59,31 +74,29 @@ def input_resolution(model: nn.Module) -> int | None:
 
 
 class CLIPReward:
-    """CLIPScore reward from one frozen CLIP with cached features.
-
-    * candidate features (class prompts or a gallery) are encoded once: :meth:`set_candidates`;
-    * the query (the selected views of a test image, or a caption) once per sample: :meth:`set_query`;
-    * ``self(candidates)`` scores ``[B, K]`` candidates against the ``B`` query rows.
+    """CLIPScore reward from one frozen CLIP with cached features (see the module docstring).
 
     Args:
-        model: a frozen open_clip-style model (put in eval mode, gradients off).
+        model: a frozen open_clip-style model (put in eval mode; it is only run under ``no_grad``).
         tokenizer: ``list[str] -> LongTensor[N, L]``, needed for text queries/candidates.
         weight: CLIPScore weight.
-        policy_resolution: input size the images arrive at; images are resized bicubically
-            (``align_corners=True``, as the official code) to the reward model's own size when it differs.
         batch_size: chunk size for encoding many texts/images.
+
+    Images are resized bicubically (``align_corners=True``, as the official code) to the reward
+    model's own input size when they arrive at another one (RLCF-S: 336 / 448 px members).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Callable[[list[str]], Tensor] | None = None,
-                 weight: float = 2.5, policy_resolution: int | None = None, batch_size: int = 256) -> None:
-        self.model = model.eval().requires_grad_(False)
+                 weight: float = 2.5, batch_size: int = 256) -> None:
+        self.model = model.eval()
         self.tokenizer = tokenizer
         self.weight = weight
         self.resolution = input_resolution(model)
-        self.policy_resolution = policy_resolution
         self.batch_size = batch_size
         self.candidate_feats: Tensor | None = None
-        self.query_feats: Tensor | None = None
+        self._query: Any = None
+        self._query_version: int | None = None
+        self._query_feats: Tensor | None = None
         self.encode_calls = 0
 
     @property
@@ -99,9 +112,7 @@ class CLIPReward:
         if self.resolution is not None and images.shape[-1] != self.resolution:
             images = F.interpolate(images.float(), size=self.resolution, mode="bicubic", align_corners=True)
         self.encode_calls += 1
-        out = [self.model.encode_image(images[i:i + self.batch_size]).float()
-               for i in range(0, images.shape[0], self.batch_size)]
-        return F.normalize(torch.cat(out), dim=-1)
+        return encode_batched(self.model.encode_image, images, self.batch_size)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str] | Tensor) -> Tensor:
@@ -112,11 +123,8 @@ class CLIPReward:
             if self.tokenizer is None:
                 raise ValueError("CLIPReward needs a tokenizer to encode text")
             tokens = self.tokenizer(list(texts))
-        tokens = tokens.to(self.device)
         self.encode_calls += 1
-        out = [self.model.encode_text(tokens[i:i + self.batch_size]).float()
-               for i in range(0, tokens.shape[0], self.batch_size)]
-        return F.normalize(torch.cat(out), dim=-1)
+        return encode_batched(self.model.encode_text, tokens.to(self.device), self.batch_size)
 
     def _encode(self, x: Tensor | Sequence[str]) -> Tensor:
         if isinstance(x, Tensor) and x.is_floating_point():
@@ -125,30 +133,40 @@ class CLIPReward:
 
     def set_candidates(self, candidates: Tensor | Sequence[str]) -> None:
         """Cache the candidate set once per dataset: class prompts / gallery texts (strings or
-        token ids) or gallery images (float ``[N, 3, H, W]``) or precomputed features via
+        token ids) or gallery images (float ``[N, 3, H, W]``), or precomputed features via
         :meth:`set_candidate_features`."""
         self.candidate_feats = self._encode(candidates)
 
     def set_candidate_features(self, feats: Tensor) -> None:
         self.candidate_feats = F.normalize(feats.float().to(self.device), dim=-1)
 
-    def set_query(self, query: Tensor | Sequence[str]) -> None:
-        """Encode the sample's query once: images ``[B, 3, H, W]`` or ``B`` strings."""
-        self.query_feats = self._encode(query)
+    def query_features(self, query: Tensor | Sequence[str]) -> Tensor:
+        """Normalised ``[B, D]`` features of the query rows (images or strings), encoded once per query:
+        the same (unmodified) tensor object, or the same strings, reuse the cached features."""
+        if isinstance(query, str):
+            query = [query]
+        if isinstance(query, Tensor):
+            hit = query is self._query and query._version == self._query_version
+        else:
+            query = tuple(query)
+            hit = query == self._query
+        if not hit or self._query_feats is None:
+            self._query_feats = self._encode(query if isinstance(query, Tensor) else list(query))
+            self._query = query
+            self._query_version = query._version if isinstance(query, Tensor) else None
+        return self._query_feats
 
     @torch.no_grad()
-    def teacher_logits(self) -> Tensor:
+    def teacher_logits(self, query: Tensor | Sequence[str]) -> Tensor:
         """``logit_scale.exp() * query @ candidates^T``: ``[B, N]`` logits of the reward CLIP (KD teacher)."""
-        if self.query_feats is None or self.candidate_feats is None:
-            raise RuntimeError("set_candidates(...) and set_query(...) first")
-        return self.model.logit_scale.exp().float() * self.query_feats @ self.candidate_feats.t()
+        if self.candidate_feats is None:
+            raise RuntimeError("call set_candidates(...) before asking for teacher logits")
+        return self.model.logit_scale.exp().float() * self.query_features(query) @ self.candidate_feats.t()
 
     @torch.no_grad()
-    def __call__(self, candidates: Tensor | Sequence[Sequence[str]]) -> Tensor:
-        """Rewards ``[B, K]`` for ``[B, K]`` candidate indices or ``B`` lists of ``K`` strings."""
-        if self.query_feats is None:
-            raise RuntimeError("call set_query(...) with the sample before computing rewards")
-        q = self.query_feats
+    def __call__(self, query: Tensor | Sequence[str], candidates: Tensor | Sequence[Sequence[str]]) -> Tensor:
+        """Rewards ``[B, K]`` of ``[B, K]`` candidate indices or ``B`` lists of ``K`` strings for the ``B`` query rows."""
+        q = self.query_features(query)
         if isinstance(candidates, Tensor):
             if self.candidate_feats is None:
                 raise RuntimeError("call set_candidates(...) before scoring candidate indices")
@@ -190,17 +208,13 @@ class EnsembleReward:
         for r in self.rewards:
             r.set_candidates(candidates)
 
-    def set_query(self, query: Tensor | Sequence[str]) -> None:
-        for r in self.rewards:
-            r.set_query(query)
-
-    def teacher_logits(self) -> Tensor:
+    def teacher_logits(self, query: Tensor | Sequence[str]) -> Tensor:
         """Weighted sum of the members' teacher logits ``[B, N]``."""
-        return sum(w * r.teacher_logits() for w, r in zip(self.weights, self.rewards))
+        return sum(w * r.teacher_logits(query) for w, r in zip(self.weights, self.rewards))
 
-    def __call__(self, candidates: Tensor | Sequence[Sequence[str]]) -> Tensor:
+    def __call__(self, query: Tensor | Sequence[str], candidates: Tensor | Sequence[Sequence[str]]) -> Tensor:
         out = None
         for w, r in zip(self.weights, self.rewards):
-            s = w * r(candidates)
+            s = w * r(query, candidates)
             out = s if out is None else out + s.to(out.device)
         return out

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # RLCF test-time image-encoder tuning, as the official TPT/scripts/rlcf-tune.sh (ViT-B/16 tower, lr 1e-5, 3 steps).
 # usage: bash scripts/rlcf-tune.sh GPU_ID     (VARIANT=s for RLCF-S, VARIANT=s-m for RLCF-S-M)
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/lib.sh"
+gpu_arg "$@"
 case "${VARIANT:-}" in
     "") run_cls rlcf-tune configs/classification/rlcf-tune.yaml ;;
     s) run_cls rlcf-s-tune configs/classification/rlcf-s-tune.yaml ;;

@@ -14,7 +14,7 @@
 set -euo pipefail
 GPU=${1:?usage: bash scripts/train_capdec_coco.sh GPU_ID [flags]}
 shift
-source "$(dirname "$0")/../tasks/captioning/paths.sh"
+source "$(dirname "$0")/lib.sh"
 MODE=capdec
 NAME=capdec_opt125m_transformer_coco_01
 COCO_ANN=${COCO_ANN:-$DATA_ROOT/coco/annotations/coco_karpathy_train.json}
@@ -26,7 +26,7 @@ need_opt
 need_clip ViT-B-16
 fail_if_missing
 
-pick_gpu "$GPU"
+gpu_arg "$GPU"
 cd "$ROOT"
 exec python -m tasks.captioning.train --mode "$MODE" --annotations "$COCO_ANN" --images-root "$COCO_IMAGES" \
   --clip-arch ViT-B/16 --clip-weights "$PRETRAINED/clip/ViT-B-16.pt" --lm "$PRETRAINED/opt-125m" \

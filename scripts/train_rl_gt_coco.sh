@@ -18,7 +18,7 @@
 set -euo pipefail
 GPU=${1:?usage: bash scripts/train_rl_gt_coco.sh GPU_ID [key.sub=value ...]}
 shift
-source "$(dirname "$0")/../tasks/captioning/paths.sh"
+source "$(dirname "$0")/lib.sh"
 CKPT=${CKPT:-$OUTPUT/clipcap_opt125m_transformer_coco_01/ckpt-latest.pt}
 COCO_ANN=${COCO_ANN:-$DATA_ROOT/coco/annotations/coco_karpathy_train.json}
 COCO_TEST_ANN=${COCO_TEST_ANN:-$DATA_ROOT/coco/annotations/coco_karpathy_test.json}
@@ -39,7 +39,7 @@ need_clip ViT-B-16   # captioner prefix encoder
 need_clip ViT-B-32   # reward model and evaluation CLIP
 fail_if_missing
 
-pick_gpu "$GPU"
+gpu_arg "$GPU"
 cd "$ROOT"
 exec python -m tasks.caption_rl.train --config "$CONFIG" captioner.checkpoint="$CKPT" \
   captioner.lm="$PRETRAINED/opt-125m" data.annotations="$COCO_ANN" data.images_root="$COCO_IMAGES" \

@@ -3,8 +3,9 @@
 # case 01 RLCF (ViT-L/14 reward), 02 RLCF-S (reward ensemble), 03 RLCF-S-M (+ momentum); each text->image
 # then image->text. CLIP ViT-B/16 policy, 8 steps, lr 1e-6; see configs/retrieval/coco*.yaml.
 # usage: bash scripts/tta_coco_ret.sh GPU_ID     (CASES="01" to run only case 01; DATA_ROOT, PRETRAINED,
-#        OUTPUT, EXTRA: see tasks/retrieval/common.sh). Results: $OUTPUT/retrieval/coco/<case>/results.json
-source "$(dirname "$0")/../tasks/retrieval/common.sh"
+#        OUTPUT, EXTRA: see scripts/lib.sh). Results: $OUTPUT/retrieval/coco/<case>/results.json
+source "$(dirname "$0")/lib.sh"
+gpu_arg "$@"
 CASES="${CASES:-01 02 03}"
 config_of() {
     case "$1" in

@@ -5,9 +5,10 @@
 #             (ViT-L-14, ViT-L-14-336 for the reward-model rows; its file is ViT-L-14-336px.pt)
 #   DATASETS  space-separated: coco flickr30k world                        default: "coco flickr30k"
 #             (world: the embedded world's policy model on configs/retrieval/world.yaml; ARCH is ignored)
-#   DATA_ROOT, PRETRAINED, OUTPUT, EXTRA: see tasks/retrieval/common.sh.
+#   DATA_ROOT, PRETRAINED, OUTPUT, EXTRA: see scripts/lib.sh.
 #   Results: $OUTPUT/retrieval/<dataset>/zeroshot-<arch>/results.json
-source "$(dirname "$0")/../tasks/retrieval/common.sh"
+source "$(dirname "$0")/lib.sh"
+gpu_arg "$@"
 ARCH="${ARCH:-ViT-B-16}"
 DATASETS="${DATASETS:-coco flickr30k}"
 file="$ARCH"

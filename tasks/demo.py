@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classification.metrics import bootstrap_ci
 from .classification.task import DEFAULTS, ClassificationTask
-from .common.config import load_config
+from .common.cli import setup_logging
 from .common.clip import run_fingerprint
+from .common.config import load_config
+from .methods import register_all
 from .common.runner import barrier, dist_info, init_distributed, read_records, run, sample_order
 
 logger = logging.getLogger("tasks.demo")
@@ -57,8 +58,9 @@ SPLITS = ["val", "v2", "sketch", "rendition", "adversarial"]
 OOD = ["v2", "sketch", "rendition", "adversarial"]
 
 
-def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path) -> list[dict]:
-    """Run one configured method on its split; the records in sample order (``[]`` on ranks other than 0).
+def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path) -> tuple[dict, list[dict]]:
+    """Run one configured method on its split: the runner's summary and the records in sample order
+    (``({}, [])`` on ranks other than 0).
 
     A seeded order: a ``limit`` subset is a random (class-balanced in expectation) sample, the same for
     every row. Under torchrun the samples are sharded between the ranks; an online method (state carried
@@ -71,19 +73,18 @@ def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path) -> list[d
               meta={"config": str(config.relative_to(ROOT))},
               on_change="restart", fingerprint=run_fingerprint(cfg))
     if size > 1 and getattr(task, "online", False):
-        if rank == 0:
-            run(task, folder, shard=False, **kw)
+        summary = run(task, folder, shard=False, **kw) if rank == 0 else None
         barrier()
     else:
-        run(task, folder, **kw)
+        summary = run(task, folder, **kw)
     if rank != 0:
-        return []
+        return {}, []
     recs = read_records(folder)
-    return [recs[i] for i in sorted(sample_order(len(task), limit, 0))]
+    return summary, [recs[i] for i in sorted(sample_order(len(task), limit, 0))]
 
 
 def run_row(config: Path, split: str, out: Path, limit: int | None, views: int | None,
-            extra: list[str] = ()) -> list[dict]:
+            extra: list[str] = ()) -> tuple[dict, list[dict]]:
     """One (method, split) cell of the table: :func:`run_cell` under ``<out>/<split>``."""
     overrides = [f"data.set_id=world/{split}", f"run.out_dir={out}", "run.device=cpu", "run.workers=0", *extra]
     if limit is not None:
@@ -94,15 +95,21 @@ def run_row(config: Path, split: str, out: Path, limit: int | None, views: int |
     return run_cell(cfg, out / split, limit, config)
 
 
-def summarise(records: list[dict]) -> dict:
-    ok = [r for r in records if "error" not in r]
-    correct = np.array([r["pred"] == r["label"] for r in ok], dtype=float) * 100
-    lo, hi = bootstrap_ci(correct)
-    return {"top1": float(correct.mean()), "ci95": [lo, hi], "n": len(ok)}
+def summarise(summary: dict) -> dict:
+    """A cell of the table from the runner's summary: top-1 and its bootstrap CI over the samples that ran
+    (the one rule for errored samples, everywhere: they are counted and reported, and every metric is over
+    the ``n - errors`` others)."""
+    m = summary["metrics"]
+    return {"top1": m["top1"], "ci95": [m["top1_ci95_low"], m["top1_ci95_high"]],
+            "n": summary["n"] - summary["errors"], "errors": summary["errors"]}
+
+
+def _ok(records: list[dict]) -> list[dict]:
+    return [r for r in records if "error" not in r]
 
 
 def _correct(records: list[dict]) -> np.ndarray:
-    return np.array([r.get("pred") == r["label"] for r in records], dtype=float) * 100   # an error counts as wrong
+    return np.array([r["pred"] == r["label"] for r in records], dtype=float) * 100
 
 
 def ood_average(per_split: dict[str, list[dict]], ood: list[str], seed: int = 0, n_boot: int = 1000,
@@ -112,13 +119,18 @@ def ood_average(per_split: dict[str, list[dict]], ood: list[str], seed: int = 0,
     With ``baseline`` (another row's records of the same samples, in the same order) also the paired
     gain over it: the same resampled samples for both rows, so the CI excludes what they share.
     """
-    accs = [_correct(per_split[s]) for s in ood]
     base = None
     if baseline is not None:
-        base = [_correct(baseline[s]) for s in ood]
         for s in ood:
             if [r["index"] for r in per_split[s]] != [r["index"] for r in baseline[s]]:
                 raise ValueError(f"split {s}: the rows were run on different samples; a paired gain needs the same ones")
+        # errored samples leave both rows of the pair: the gain is over the samples both ran
+        both = {s: [i for i, (a, b) in enumerate(zip(per_split[s], baseline[s])) if "error" not in a and "error" not in b]
+                for s in ood}
+        accs = [_correct([per_split[s][i] for i in both[s]]) for s in ood]
+        base = [_correct([baseline[s][i] for i in both[s]]) for s in ood]
+    else:
+        accs = [_correct(_ok(per_split[s])) for s in ood]
     rng = np.random.default_rng(seed)
     boots, gains = [], []
     for _ in range(n_boot):
@@ -191,10 +203,10 @@ def tune(out: Path, limit: int, views: int | None) -> dict:
     table = {}
     for name, cfg_name, over in cells:
         overrides = ["data.set_id=world/dev", "run.device=cpu", *over] + ([f"views.n={views}"] if views else [])
-        recs = run_cell(load_config(DEFAULTS, CONFIGS / cfg_name, overrides), out / "tune" / name, limit,
-                        CONFIGS / cfg_name)
-        if recs:   # rank 0
-            table[name] = summarise(recs)["top1"]
+        summary, _ = run_cell(load_config(DEFAULTS, CONFIGS / cfg_name, overrides), out / "tune" / name, limit,
+                              CONFIGS / cfg_name)
+        if summary:   # rank 0
+            table[name] = summarise(summary)["top1"]
             print(f"dev {name}: {table[name]:.1f}", flush=True)
     return table
 
@@ -226,9 +238,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="add the caption part: a tiny ClipCap trained on world/train, RLCF-adapted on world/rendition (~2 min)")
     ap.add_argument("--no-captions", action="store_true", help=argparse.SUPPRESS)   # the default now; kept for old commands
     ap.add_argument("--world", action="store_true", help=argparse.SUPPRESS)   # the default; kept for old commands
+    ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
     args = ap.parse_args(argv)
     args.world = not args.placeholder
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
+    register_all()
     t0 = time.time()
     init_distributed()   # under torchrun: the ranks share the world build, the training and the samples
     rank, _ = dist_info()
@@ -264,11 +278,12 @@ def main(argv: list[str] | None = None) -> dict:
         row_extra = list(extra)
         if extra and cfg_name == "zero-shot-reward.yaml":   # the teacher row: the (tiny) reward model itself
             row_extra += ["model." + x.split(".", 1)[1] for x in extra if x.startswith("reward.")]
-        per_split = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra)
-                     for s in splits}
+        cells = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra)
+                 for s in splits}
         if rank != 0:
             continue
-        row = {s: summarise(per_split[s]) for s in splits}
+        row = {s: summarise(cells[s][0]) for s in splits}
+        per_split = {s: cells[s][1] for s in splits}
         anchor = anchor or per_split   # the first row, zero-shot: every other row's paired gain is over it
         row["ood_avg"] = ood_average(per_split, ood, baseline=None if anchor is per_split else anchor)
         results["rows"][label] = row

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def test_first_command_fails_at_once_naming_missing_paths(tmp_path):
                  "data/flickr30k/annotations/flickr30k_test.json", "pretrained/opt-125m/config.json",
                  "pretrained/clip/ViT-B-16.pt", "pretrained/clip/ViT-L-14.pt", "pretrained/clip/ViT-B-32.pt"):
         assert str(tmp_path / path) in err, path
-    assert "huggingface-cli download facebook/opt-125m" in err and "train_clipcap_coco.sh" in err
+    assert f"{_hub_cli()} download facebook/opt-125m" in err and "train_clipcap_coco.sh" in err
 
 
 def test_only_the_missing_input_is_reported(tmp_path):
@@ -53,3 +54,24 @@ def test_every_script_checks_inputs_and_usage(tmp_path, script):
     assert r.returncode != 0 and "error:" in r.stderr and str(tmp_path) in r.stderr
     r = _run(script, tmp_path)   # no GPU id
     assert r.returncode != 0 and "usage" in r.stderr
+
+
+def _hub_cli() -> str:
+    """The download CLI of the installed huggingface_hub: ``hf`` (>= 0.34) or ``huggingface-cli``."""
+    from tasks.captioning.checkpoint import hub_download_command
+
+    return hub_download_command("x", "y").split()[0]
+
+
+def test_opt_hint_names_a_command_the_installed_hub_has():
+    """The hint's command exists: its CLI entry point is installed and knows the ``download`` subcommand."""
+    import shutil
+    import subprocess
+
+    from tasks.captioning.checkpoint import opt_hint
+
+    cli = _hub_cli()
+    assert f"`{cli} download facebook/opt-125m --local-dir /x/opt-125m`" in opt_hint("/x/opt-125m")
+    exe = shutil.which(cli) or str(Path(sys.executable).parent / cli)
+    out = subprocess.run([exe, "download", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--local-dir" in out.stdout, out.stderr

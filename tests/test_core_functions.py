@@ -140,21 +140,23 @@ def test_clip_reward_caches_and_scores():
     reward = rlcf.CLIPReward(model, tokenizer=lambda xs: torch.tensor([[len(x)] for x in xs]))
     reward.set_candidates(["ab", "abc"])          # features e0, e1
     img = torch.zeros(2, 3, 4, 4); img[0, 0] = 1.0; img[1, 1] = 1.0  # features e0, e1
-    reward.set_query(img)
     calls = reward.encode_calls
-    r = reward(torch.tensor([[0, 1], [0, 1]]))
+    r = reward(img, torch.tensor([[0, 1], [0, 1]]))
     assert torch.allclose(r, torch.tensor([[2.5, 0.0], [0.0, 2.5]]))
-    assert reward.encode_calls == calls          # no re-encoding when scoring indices
-    rt = reward([["ab", "abc"], ["abc", "abc"]])  # raw text candidates
+    assert reward.encode_calls == calls + 1      # the query once; candidate indices are never re-encoded
+    r = reward(img, torch.tensor([[1, 0], [1, 1]]))
+    assert torch.allclose(r, torch.tensor([[0.0, 2.5], [2.5, 2.5]])) and reward.encode_calls == calls + 1
+    rt = reward(img, [["ab", "abc"], ["abc", "abc"]])  # raw text candidates
     assert torch.allclose(rt, torch.tensor([[2.5, 0.0], [2.5, 2.5]]))
+    img[0, 0] = 0.0; img[0, 1] = 1.0                  # the same tensor modified in place: encoded again
+    assert torch.allclose(reward(img, torch.tensor([[0, 1], [0, 1]])), torch.tensor([[0.0, 2.5], [0.0, 2.5]]))
 
 
 def test_ensemble_weights_official_rounding():
     class Const:
         def __init__(self, v): self.v = v
-        def set_query(self, q): pass
-        def __call__(self, c): return torch.full(c.shape, self.v)
+        def __call__(self, q, c): return torch.full(c.shape, self.v)
     ens = rlcf.EnsembleReward([Const(1.0), Const(2.0), Const(3.0)], weights=[10, 3, 5])
     assert ens.weights == [0.56, 0.17, 0.28]
-    out = ens(torch.zeros(1, 2, dtype=torch.long))
+    out = ens(torch.zeros(1, 3, 4, 4), torch.zeros(1, 2, dtype=torch.long))
     assert torch.allclose(out, torch.full((1, 2), 0.56 + 0.34 + 0.84))

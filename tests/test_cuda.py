@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import rlcf
-import tasks.classification  # noqa: F401
 from conftest import CLASSNAMES, make_clip
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
 

@@ -86,10 +86,11 @@ def test_encoder_policy_caches_text_features():
     clip.transformer.register_forward_hook(lambda *a: calls.append(1))
     policy(torch.randn(2, 3, 32, 32)); policy(torch.randn(2, 3, 32, 32))
     assert calls == []   # the text tower never runs after construction
-    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    trainable = set(policy.trainable_parameters())
     assert trainable and all(n.startswith("clip.visual.") for n in trainable)
+    assert trainable == {n for n, _ in policy.named_parameters() if n.startswith("clip.visual.")}
     norm_only = EncoderPolicy(make_clip()[0], CLASSNAMES, tok, norm_only=True)
-    names = [n for n, p in norm_only.named_parameters() if p.requires_grad]
+    names = list(norm_only.trainable_parameters())
     assert names and all(".ln" in n or "norm" in n for n in names), names
 
 

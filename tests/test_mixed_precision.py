@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import rlcf
-import tasks.classification  # noqa: F401  (registers the peers)
 from conftest import CLASSNAMES, make_clip
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
 
@@ -31,7 +30,7 @@ def classification(kind: str):
 
 
 def retrieval(direction: str):
-    from tasks.retrieval.policies import ImageToTextPolicy, TextQueryReward, TextToImagePolicy, encode_text_gallery
+    from tasks.retrieval.policies import ImageToTextPolicy, TextToImagePolicy, encode_text_gallery
 
     clip, _, tok = make_clip()
     rclip, _, rtok = make_clip("RLCF-Tiny-Reward", 1)
@@ -43,7 +42,7 @@ def retrieval(direction: str):
     with torch.no_grad():
         gallery = clip.encode_image(images)
     reward.set_candidates(images)
-    return TextToImagePolicy(clip, gallery), TextQueryReward(reward), tok
+    return TextToImagePolicy(clip, gallery, tok), reward, tok
 
 
 def make(name: str, policy, reward, lr: float, amp, **kw) -> rlcf.Method:
@@ -82,7 +81,7 @@ def test_classification_low_precision_agrees_with_fp32(name, kind, amp, views):
 
 def _inject_inf_once(policy):
     """A hook that turns the first backward's gradient of one trainable parameter into inf."""
-    p = next(q for q in policy.parameters() if q.requires_grad)
+    p = next(iter(policy.trainable_parameters().values()))
     fired = []
 
     def hook(g):
@@ -121,18 +120,11 @@ def test_fp16_inf_gradient_skips_the_step_and_the_scaler_persists(name, kind, vi
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_retrieval_low_precision(direction, amp):
     policy, reward, tok = retrieval(direction)
-    if direction == "i2t":
-        query = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-        text = None
-    else:
-        text = CAPTIONS[4]
-        query = tok([text])
+    query = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) if direction == "i2t" else CAPTIONS[4]
     state0 = {k: v.clone() for k, v in policy.state_dict().items()}
     outs = {}
     for a in (None, amp):
         m = rlcf.create_method("rlcf", policy, reward, steps=2, lr=1e-3, k=3, selection=1.0, amp=a)
-        if text is not None:
-            reward.expect(query, text)
         with torch.no_grad():
             outs[a] = m(query)
         for k, v in policy.state_dict().items():
@@ -144,11 +136,7 @@ def test_retrieval_low_precision(direction, amp):
         zs = rlcf.create_method("rlcf", policy, reward, steps=0, k=3, selection=1.0, amp="fp16")
         handle, fired = _inject_inf_once(policy)
         with torch.no_grad():
-            if text is not None:
-                reward.expect(query, text)
             out = m(query)
-            if text is not None:
-                reward.expect(query, text)
             base = zs(query)
         handle.remove()
         assert fired and m.last_info["skipped_steps"] == 1 and torch.allclose(out, base, atol=1e-5)

@@ -48,7 +48,7 @@ def test_encoder_configs_use_the_official_underscore_prompts_for_policy_and_rewa
     cfg["reward"] = tiny_reward_spec()
     clip, _, tok = make_clip()
     policy = build_policy("encoder", clip, CLASSNAMES, tok, cfg)
-    reward = build_reward(cfg, CLASSNAMES, torch.device("cpu"), 32)
+    reward = build_reward(cfg, CLASSNAMES, torch.device("cpu"))
     # official CLIPCLS_TTA: prompt_prefix ("a_photo_of_a", raw) + " " + name ("_" -> " ") + "."
     texts = ["a_photo_of_a " + n.replace("_", " ") + "." for n in CLASSNAMES]
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_official_caption_token_loss_matches_restatement():
     clean = CaptionPolicy(cap, clip, token_loss="clean").sequence_logprob(emb, [caps])
     assert not torch.allclose(clean, score, atol=1e-3)
     for name in ("clipcap-c2f", "clipcap-c2n", "capdec-c2f", "capdec-c2n"):
-        from tasks.captioning.tta import DEFAULTS as CAP_DEFAULTS
+        from tasks.captioning.task import DEFAULTS as CAP_DEFAULTS
 
         c = load_config(CAP_DEFAULTS, ROOT / "configs" / "captioning" / f"{name}.yaml")
         assert c["captioner"]["token_loss"] == "official" and c["captioner"]["lm_dtype"] == "float16", name
@@ -175,7 +175,7 @@ def test_tda_per_dataset_settings():
     assert len(resolve_templates("openai")) == 80 and resolve_templates("openai")[0] == "a bad photo of a {}."
     for set_id, (alpha, beta) in TDA_POS.items():
         one = for_set(cfg, set_id)
-        e = one["adapt"]["extra"]
+        e = one["adapt"]["options"]
         assert (e["pos_alpha"], e["pos_beta"]) == (alpha, beta), set_id
         assert (e["neg_alpha"], e["neg_beta"], e["neg_capacity"], e["pos_capacity"]) == (0.117, 1.0, 2, 3)
         assert e["neg_entropy"] == [0.2, 0.5] and e["neg_mask"] == [0.03, 1.0]
@@ -283,10 +283,10 @@ def test_ctpt_per_dataset_lambda_and_augmix():
     cfg = load_config(DEFAULTS, CLS / "ctpt-prompt.yaml")
     for set_id in "AVRK":
         one = for_set(cfg, set_id)
-        assert one["adapt"]["extra"]["ctpt_lambda"] == 20.0 and one["views"]["augmix"] is True
+        assert one["adapt"]["options"]["ctpt_lambda"] == 20.0 and one["views"]["augmix"] is True
     for set_id in ("I", "Pets", "DTD"):
         one = for_set(cfg, set_id)
-        assert one["adapt"]["extra"]["ctpt_lambda"] == 50.0 and one["views"]["augmix"] is None   # TPT rule
+        assert one["adapt"]["options"]["ctpt_lambda"] == 50.0 and one["views"]["augmix"] is None   # TPT rule
 
 
 # ------------------------------------------------------------------ 8. precision
@@ -315,7 +315,7 @@ def test_records_say_which_precision_ran(amp, views):
 # ------------------------------------------------------------------ 9. RLCF-S for captioning
 @pytest.mark.parametrize("name", ["clipcap-s-c2f", "clipcap-s-c2n", "capdec-s-c2f", "capdec-s-c2n"])
 def test_caption_rlcf_s_uses_the_official_reward_ensemble(name):
-    from tasks.captioning.tta import DEFAULTS as CAP_DEFAULTS
+    from tasks.captioning.task import DEFAULTS as CAP_DEFAULTS
     from tasks.common.clip import build_reward as build_reward_models
 
     cfg = load_config(CAP_DEFAULTS, ROOT / "configs" / "captioning" / f"{name}.yaml")

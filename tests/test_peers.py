@@ -4,7 +4,6 @@ import math
 import torch
 
 import rlcf
-import tasks.classification  # noqa: F401
 from conftest import CLASSNAMES, make_clip
 from tasks.classification.peers import TDACache, text_dispersion, zero_vote
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
@@ -46,7 +45,7 @@ def test_tda_online_state_changes_predictions_and_resets(views):
     assert tda.last_info["pos_size"] == 1 and not tda.episodic
     second = tda(views)   # the cache now holds this sample: logits change
     assert not torch.equal(first, second)
-    tda.reset_state()
+    tda.reset_stream()
     assert torch.equal(tda(views), first)
     assert first.shape == zs.shape
 
@@ -56,11 +55,11 @@ def test_ctpt_dispersion_and_loss():
     assert torch.allclose(text_dispersion(t), torch.tensor(1.0))
     clip, _, tok = make_clip()
     policy = PromptPolicy(clip, CLASSNAMES, tok)
-    m = rlcf.create_method("ctpt", policy, selection=0.25, extra={"ctpt_lambda": 0.0})
+    m = rlcf.create_method("ctpt", policy, selection=0.25, options={"ctpt_lambda": 0.0})
     tpt = rlcf.create_method("tpt", policy, selection=0.25)
     v = torch.randn(8, 3, 32, 32)
     assert torch.allclose(m(v), tpt(v), atol=1e-6)    # lambda = 0 reduces C-TPT to TPT
-    m2 = rlcf.create_method("ctpt", policy, selection=0.25, extra={"ctpt_lambda": 50.0})
+    m2 = rlcf.create_method("ctpt", policy, selection=0.25, options={"ctpt_lambda": 50.0})
     assert not torch.allclose(m2(v), tpt(v))
 
 
@@ -70,11 +69,11 @@ def test_kd_teacher_is_reward_clip_logits(views):
     rclip, _, rtok = make_clip("RLCF-Tiny-Reward", 1)
     reward = rlcf.CLIPReward(rclip, rtok)
     reward.set_candidates(class_prompts(CLASSNAMES))
-    reward.set_query(views[:2])
+    teacher = reward.teacher_logits(views[:2])
     with torch.no_grad():
         fi = torch.nn.functional.interpolate(views[:2], size=48, mode="bicubic", align_corners=True)
         fi = torch.nn.functional.normalize(rclip.encode_image(fi), dim=-1)
         ft = torch.nn.functional.normalize(rclip.encode_text(rtok(class_prompts(CLASSNAMES))), dim=-1)
-    assert torch.allclose(reward.teacher_logits(), rclip.logit_scale.exp() * fi @ ft.t(), atol=1e-4)
+    assert torch.allclose(teacher, rclip.logit_scale.exp() * fi @ ft.t(), atol=1e-4)
     out = rlcf.adapt(policy, views, "kd", reward=reward, lr=1e-2, selection=0.25)
     assert torch.isfinite(out).all()

@@ -4,13 +4,7 @@ import torch
 from conftest import make_clip
 
 import rlcf
-from tasks.retrieval.policies import (
-    ImageToTextPolicy,
-    TextQueryReward,
-    TextToImagePolicy,
-    encode_text_gallery,
-    encode_tokens,
-)
+from tasks.retrieval.policies import ImageToTextPolicy, TextToImagePolicy, encode_text_gallery, encode_tokens
 
 CAPTIONS = [f"a {c} {s}" for c in ("red", "green", "blue", "tiny") for s in ("circle", "square", "star")]
 
@@ -55,7 +49,7 @@ def test_image_to_text_tunes_only_the_visual_tower():
     reward = rlcf.CLIPReward(rclip, rtok)
     reward.set_candidates(CAPTIONS)
     policy = ImageToTextPolicy(clip, encode_text_gallery(clip, tok, CAPTIONS))
-    assert {n for n, p in policy.named_parameters() if p.requires_grad} == \
+    assert set(policy.trainable_parameters()) == \
         {n for n, _ in policy.named_parameters() if n.startswith("clip.visual.")}
     method = rlcf.create_method("rlcf", policy, reward, steps=2, lr=1e-2, k=5, selection=1.0)
     image = torch.randn(3, 32, 32)
@@ -76,42 +70,37 @@ def test_text_to_image_tunes_only_the_text_side(train_logit_scale):
         gallery = clip.encode_image(images)
     reward = rlcf.CLIPReward(rclip, rtok)
     reward.set_candidates(images)                       # resized 32 -> 48 for the reward CLIP
-    wrapped = TextQueryReward(reward)
-    policy = TextToImagePolicy(clip, gallery, train_logit_scale=train_logit_scale)
-    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    policy = TextToImagePolicy(clip, gallery, tok, train_logit_scale=train_logit_scale)
+    trainable = set(policy.trainable_parameters())
     assert not any(n.startswith("clip.visual.") for n in trainable)
     assert {"clip.token_embedding.weight", "clip.positional_embedding", "clip.ln_final.weight",
             "clip.text_projection"} <= trainable
     assert ("clip.logit_scale" in trainable) == train_logit_scale
-    method = rlcf.create_method("rlcf", policy, wrapped, steps=2, lr=1e-2, k=4, selection=1.0)
+    method = rlcf.create_method("rlcf", policy, reward, steps=2, lr=1e-2, k=4, selection=1.0)
     text = "a red circle"
-    tokens = tok([text])
-    wrapped.expect(tokens, text)
-    changed = adapted_state(method, tokens)
+    changed = adapted_state(method, text)               # the query is the caption itself
     assert changed and not any(n.startswith("clip.visual.") for n in changed)
     assert "clip.token_embedding.weight" in changed and "clip.transformer.resblocks.0.attn.in_proj_weight" in changed
     assert ("clip.logit_scale" in changed) == train_logit_scale
-    wrapped.expect(tokens, text)
     with torch.no_grad():
-        out = method(tokens)
+        out = method(text)
     assert out.shape == (14,) and torch.isfinite(out).all()
+    with torch.no_grad():   # the same caption as token ids of the policy's tokenizer gives the same scores
+        assert torch.allclose(policy.logits(policy.encode_query(tok([text]))),
+                              policy.logits(policy.encode_query([text])))
 
 
-def test_text_query_reward_encodes_the_announced_caption():
+def test_text_query_is_read_by_the_reward_with_its_own_tokenizer_once_per_query():
+    """t2i: the reward CLIP reads the caption string with its own tokenizer (the policy's may differ), and
+    encodes each query once however many steps score it."""
     rclip, _, rtok = make_clip("RLCF-Tiny-Reward", 1)
     reward = rlcf.CLIPReward(rclip, rtok)
     reward.set_candidates(torch.randn(5, 3, 48, 48))
-    wrapped = TextQueryReward(reward)
-
-    def other_tok(texts):                                 # a policy with another tokenizer
-        return torch.tensor([[7, 8, 9, 0]] * len(texts))
-
-    with pytest.raises(RuntimeError, match="expect"):
-        wrapped.set_query(other_tok(["a cat"]))
-    wrapped.expect(other_tok(["a cat"]), "a cat")
-    with pytest.raises(RuntimeError, match="not those announced"):
-        wrapped.set_query(torch.tensor([[1, 2, 3, 0]]))
-    wrapped.expect(other_tok(["a cat"]), "a cat")
-    wrapped.set_query(other_tok(["a cat"]))
-    assert torch.allclose(reward.query_feats, reward.encode_texts(["a cat"]))
-    assert wrapped(torch.tensor([[0, 1]])).shape == (1, 2)
+    calls = reward.encode_calls
+    r1 = reward(["a cat"], torch.tensor([[0, 1]]))
+    r2 = reward(["a cat"], torch.tensor([[1, 2]]))
+    assert reward.encode_calls == calls + 1
+    expected = 2.5 * (reward.encode_texts(["a cat"]) @ reward.candidate_feats[[0, 1]].t()).clamp(min=0)
+    assert torch.allclose(r1, expected, atol=1e-6) and torch.allclose(r1[0, 1], r2[0, 0])
+    reward(["a dog"], torch.tensor([[0, 1]]))                # another query: encoded again
+    assert reward.encode_calls == calls + 3

@@ -87,12 +87,12 @@ def test_t2i_gallery_image_features_are_computed_once_and_reward_reads_the_capti
     assert counted[(P, "visual")] == counted[(R, "visual")] == 3    # 8 images in batches of 3, one pass
     assert counted[(P, "transformer")] == counted[(R, "transformer")] == 0
     seen = []
-    member = task.text_reward.reward
-    original = member.set_query
-    monkeypatch.setattr(member, "set_query", lambda q: (seen.append(q), original(q)))
+    member = task.method.reward
+    original = member.encode_texts
+    monkeypatch.setattr(member, "encode_texts", lambda q: (seen.append(list(q)), original(q))[1])
     for t in (0, 5, 23):
         sample = task.load(t)
-        assert sample.dtype == torch.long and sample.shape == (1, 77)
+        assert sample == task.data.texts[t]                             # the query is the caption itself
         rec = task.process(t, sample)
         assert rec["gt"] == [t // 3] and 0 <= rec["rank"] < 8
     assert seen == [[task.data.texts[t]] for t in (0, 5, 23)]          # raw captions, not token ids
@@ -166,7 +166,7 @@ def test_official_configs_and_the_rlcf_s_m_options(data_root):
     cfg = task_config(data_root, "t2i", "adapt.momentum=0.9998", "adapt.update_freq=2")
     cfg["reward"]["ensemble"] = [dict(member, confidence=10), dict(member, confidence=5)]
     task = rtask.RetrievalTask.from_config(cfg)
-    ens = task.text_reward.reward
+    ens = task.method.reward
     assert task.online and task.method.momentum is not None and ens.weights == [0.67, 0.33]
     assert all(m.candidate_feats.shape == (8, 48) for m in ens.rewards)
     recs = [task.process(t, task.load(t)) for t in range(2)]

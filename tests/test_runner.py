@@ -152,19 +152,25 @@ def test_on_change_restart_discards_stale_records(tmp_path):
     assert json.loads((tmp_path / "fingerprint.json").read_text()) == {"adapt": {"lr": 2.0}}
 
 
-def test_run_fingerprint_names_the_world_weights(monkeypatch):
-    """A config says `world:policy`; the records depend on the checkpoint it resolves to, so that goes in too."""
-    import tasks.world.models as wm
+def test_run_fingerprint_names_the_weights(tmp_path):
+    """A config names checkpoints by path (the world's `pretrained/world/policy.pt` too); the records depend on
+    the bytes there, so their SHA-256 goes in: a retrained model at the same path restarts its records."""
+    import hashlib
+    import time
+
     from tasks.common.clip import run_fingerprint
 
-    shas = {"policy": "a" * 64, "reward": "b" * 64}
-    monkeypatch.setattr(wm, "ensure_world_model", lambda which, **kw: {"sha256": shas[which]})
-    cfg = {"model": {"arch": "world:policy"}, "reward": {"arch": "world:reward"}, "adapt": {"lr": 1e-4},
+    pol, rew = tmp_path / "policy.pt", tmp_path / "reward.pt"
+    pol.write_bytes(b"policy weights"); rew.write_bytes(b"reward weights")
+    cfg = {"model": {"arch": "World-Policy-RN", "pretrained": str(pol)},
+           "reward": {"arch": "World-Reward-RN", "pretrained": str(rew)}, "adapt": {"lr": 1e-4},
            "run": {"out_dir": "x", "seed": 0}, "data": {"root": "/d", "set_id": "world/val"}}
     fp = run_fingerprint(cfg)
-    assert fp["weights"] == {"model": "a" * 64, "reward": "b" * 64}
+    assert fp["weights"] == {"model": hashlib.sha256(b"policy weights").hexdigest(),
+                             "reward": hashlib.sha256(b"reward weights").hexdigest()}
     assert fp["run"] == {"seed": 0} and fp["data"] == {"set_id": "world/val"}
-    shas["policy"] = "c" * 64                     # retrained policy: another fingerprint
+    time.sleep(0.01)
+    pol.write_bytes(b"retrained policy")          # retrained policy: another fingerprint
     assert run_fingerprint(cfg) != fp
-    cfg_real = {**cfg, "model": {"arch": "ViT-B-16", "pretrained": "pretrained/clip/ViT-B-16.pt"}}
-    assert run_fingerprint(cfg_real)["weights"] == {"reward": "b" * 64}
+    cfg_tag = {**cfg, "model": {"arch": "ViT-B-16", "pretrained": "openai"}}   # a tag: named by the config itself
+    assert run_fingerprint(cfg_tag)["weights"] == {"reward": fp["weights"]["reward"]}

@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tasks.common.data import MissingDataError
+
 from tasks.world.generator import STYLES, SceneRanges, make_sample, sample_sdf
 from tasks.world.render import CORRUPTIONS
 from tasks.world.shapes import CLASSNAMES, plural
@@ -156,9 +158,13 @@ def test_adversarial_is_filtered(tmp_path) -> None:
     """Every kept adversarial sample is misclassified by the (separate) filter model."""
     from tasks.world.models import filter_predictor
     world = tiny_world()
-    ds = build_world_dataset("adversarial", root=tmp_path / "data", world=world, model_root=tmp_path / "models")
+    with pytest.raises(MissingDataError, match="python -m tasks.world"):    # the split needs its filter model
+        build_world_dataset("adversarial", root=tmp_path / "data", world=world)
+    flt = filter_predictor(root=tmp_path / "models", data_root=tmp_path / "data", world=world)
+    ds = build_world_dataset("adversarial", root=tmp_path / "data", world=world, filter=flt)
     assert len(ds) == TINY["adversarial"]
-    predict, _ = filter_predictor(root=tmp_path / "models", data_root=tmp_path / "data", world=world)
+    assert len(build_world_dataset("adversarial", root=tmp_path / "data", world=world)) == len(ds)   # built: readable
+    predict, _ = flt
     images = np.stack([np.asarray(ds.load(i)) for i in range(len(ds))])
     labels = np.array([ds.items[i][1] for i in range(len(ds))])
     assert (predict(images) != labels).all()

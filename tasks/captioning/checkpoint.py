@@ -30,11 +30,27 @@ from .model import CaptionerConfig, PrefixCaptioner
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_pretrained_lm", "build_word_tokenizer", "tiny_opt", "tiny_captioner", "convert_official_mapper",
-           "save_atomic", "captioner_state", "load_captioner", "OPT_HINT"]
+           "save_atomic", "captioner_state", "load_captioner", "opt_hint", "hub_download_command"]
 
-OPT_HINT = ("Download facebook/opt-125m once on a machine with network access, e.g. "
-            "`huggingface-cli download facebook/opt-125m --local-dir {path}` (or "
-            "`git clone https://huggingface.co/facebook/opt-125m {path}`), and copy the folder here.")
+def hub_download_command(repo: str, path: str | Path) -> str:
+    """The download command that exists in the installed ``huggingface_hub``: ``hf download`` (hub >= 0.34,
+    where the ``hf`` CLI replaced ``huggingface-cli``, removed in 1.0) or ``huggingface-cli download``."""
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(x) for x in version("huggingface_hub").split(".")[:2])
+    except Exception:  # noqa: BLE001 - not installed or an odd version string: the current CLI
+        major, minor = 1, 0
+    cli = "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
+    return f"{cli} download {repo} --local-dir {path}"
+
+
+def opt_hint(path: str | Path) -> str:
+    """How to get OPT-125m into ``path`` (no download happens here)."""
+    return (f"Download facebook/opt-125m once on a machine with network access: `{hub_download_command('facebook/opt-125m', path)}` "
+            f"(or `git clone https://huggingface.co/facebook/opt-125m {path}`), and copy the folder here.")
+
+
 
 
 def load_pretrained_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
@@ -47,8 +63,7 @@ def load_pretrained_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> 
 
     p = Path(path).expanduser()
     if not (p / "config.json").is_file():
-        raise MissingDataError(f"language model folder '{p}' not found (or has no config.json). "
-                               + OPT_HINT.format(path=p))
+        raise MissingDataError(f"language model folder '{p}' not found (or has no config.json). " + opt_hint(p))
     lm = OPTForCausalLM.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     return lm.eval(), tok

@@ -1,15 +1,15 @@
-"""The captioning policy for RLCF test-time adaptation (:class:`rlcf.GenerativePolicy`).
+"""The captioning policy for RLCF test-time adaptation (an :class:`rlcf.Policy`).
 
 Per test image (official ``capdec_tta.py``, same for ClipCap and CapDec)::
 
-    q = policy.encode_query(image)           # [1, D] frozen, normalised CLIP image embedding (once)
-    texts = policy.generate(q, K)            # K captions by beam search (num_beams = K), no grad
-    r = reward(texts)                        # [1, K] CLIPScore of the raw captions (reward CLIP)
-    logp = policy.sequence_logprob(q, texts) # [1, K] mean token log-prob, grad through the mapper
-    loss = -mean((r - mean_K r) * logp)      # in rlcf.methods.RLCF.generative_loss
-    ...4 steps, then policy.predict(q)       # 5-beam caption, lower-cased
+    ro = policy.rollout(ep, sampling)        # K captions by beam search (num_beams = K), no grad, and their
+                                             # [1, K] scores (grad through the mapper); query = the image
+    r = reward(ro.query, ro.candidates)      # [1, K] CLIPScore of the raw captions (reward CLIP)
+    loss = -mean((r - mean_K r) * ro.logprobs)   # rlcf.methods.RLCF.loss, as for every policy
+    ...4 steps, then policy.predict(ep)      # 5-beam caption, lower-cased
 
-Only the mapper is trainable: the CLIP encoder and the LM have ``requires_grad=False``.
+Only the mapper is trained (:meth:`CaptionPolicy.trainable_parameters`); the CLIP encoder and the LM
+are frozen. The image's CLIP embedding is computed once per sample.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rlcf.policy import Episode, Rollout, Sampling
 
 from .model import PrefixCaptioner
 
@@ -53,12 +55,14 @@ class CaptionPolicy(nn.Module):
             raise ValueError(f"token_loss must be one of {TOKEN_LOSSES}, got '{token_loss}'")
         self.token_loss = token_loss
         self.captioner = captioner
-        self.clip_model = clip_model.eval().requires_grad_(False)
-        self.captioner.lm.requires_grad_(False)
-        self.captioner.train_lm = False
+        self.clip_model = clip_model.eval()
         self.candidates = candidates
         self.final_beams = final_beams
         self.lowercase = lowercase
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The mapper (official: ``clip_project``); the CLIP encoder and the LM stay frozen."""
+        return {f"captioner.mapper.{n}": p for n, p in self.captioner.mapper.named_parameters()}
 
     def train(self, mode: bool = True) -> "CaptionPolicy":
         super().train(mode)
@@ -90,7 +94,26 @@ class CaptionPolicy(nn.Module):
         return self.captioner.mean_logprob(emb, flat).view(b, k)
 
     @torch.no_grad()
-    def predict(self, q: Tensor) -> list[str]:
-        """Final caption per row: beam search with ``final_beams`` beams, stripped (and lower-cased)."""
+    def caption(self, q: Tensor) -> list[str]:
+        """Final caption per row of ``q [B, D]``: beam search with ``final_beams`` beams, stripped (and lower-cased)."""
         caps = [row[0] for row in self.captioner.generate(q, num_return_sequences=1, num_beams=self.final_beams)]
         return [c.lower() if self.lowercase else c for c in caps]
+
+    # ------------------------------------------------------------------ the policy contract
+    def query(self, ep: Episode) -> Tensor:
+        """The image's ``[1, D]`` CLIP embedding, once per sample."""
+        if ep.query_features is None:
+            ep.query_features = self.encode_query(ep.inputs)
+        return ep.query_features
+
+    def rollout(self, ep: Episode, sampling: Sampling) -> Rollout:
+        """``sampling.k`` captions of the image (no grad) and their differentiable scores; the reward's query
+        is the image itself."""
+        q = self.query(ep)
+        texts = self.generate(q, sampling.k)
+        return Rollout(texts, self.sequence_logprob(q, texts), ep.inputs)
+
+    @torch.no_grad()
+    def predict(self, ep: Episode) -> str:
+        """The final caption of the image (view 0)."""
+        return self.caption(self.query(ep)[:1])[0]

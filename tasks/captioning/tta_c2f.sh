@@ -1,7 +1,7 @@
 # Body of scripts/tta_{clipcap,capdec}_c2f.sh (sourced after they set MODEL=clipcap|capdec and LABEL).
 GPU=${1:?usage: bash scripts/$(basename "$0") GPU_ID [key.sub=value ...]}
 shift
-source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 NAME=${MODEL}_opt125m_transformer_coco_01
 case "${VARIANT:-}" in   # official case 01 (RLCF) or case 02 (RLCF-S: the three-model reward ensemble)
   "") VCFG=$MODEL-c2f; CASE=01 ;;
@@ -25,7 +25,7 @@ need_clip ViT-L-14   # reward model
 need_clip ViT-B-32   # CLIPScore / RefCLIPScore evaluation (Hessel et al.)
 fail_if_missing
 
-pick_gpu "$GPU"
+gpu_arg "$GPU"
 cd "$ROOT"
-exec python -m tasks.captioning.tta --config "configs/captioning/$VCFG.yaml" \
+exec python -m tasks.captioning.run --config "configs/captioning/$VCFG.yaml" \
   captioner.checkpoint="$CKPT" data.annotations="$ANN" data.images_root="$IMAGES" "$@"

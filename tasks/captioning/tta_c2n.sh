@@ -1,7 +1,7 @@
 # Body of scripts/tta_{clipcap,capdec}_c2n.sh (sourced after they set MODEL=clipcap|capdec and LABEL).
 GPU=${1:?usage: bash scripts/$(basename "$0") GPU_ID [key.sub=value ...]}
 shift
-source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 NAME=${MODEL}_opt125m_transformer_coco_01
 case "${VARIANT:-}" in   # official case 01 (RLCF) or case 02 (RLCF-S: the three-model reward ensemble)
   "") VCFG=$MODEL-c2n; CASE=01 ;;
@@ -26,9 +26,9 @@ need_clip ViT-L-14
 need_clip ViT-B-32
 fail_if_missing
 
-pick_gpu "$GPU"
+gpu_arg "$GPU"
 cd "$ROOT"
 for d in $DOMAINS; do
-  python -m tasks.captioning.tta --config "configs/captioning/$VCFG.yaml" captioner.checkpoint="$CKPT" data.annotations="$ANN" \
+  python -m tasks.captioning.run --config "configs/captioning/$VCFG.yaml" captioner.checkpoint="$CKPT" data.annotations="$ANN" \
     data.images_root="$IMAGES" data.domain="$d" run.out_dir="$OUTPUT/$NAME/coco2nocaps_tta_$CASE/$d" "$@"
 done

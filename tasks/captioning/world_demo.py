@@ -41,7 +41,7 @@ from .features import TrainingSet
 from .metrics import ClipScorer
 from .policy import CaptionPolicy
 from .train import TrainConfig, train_captioner
-from .tta import CaptionTask
+from .task import CaptionTask
 
 logger = logging.getLogger(__name__)
 

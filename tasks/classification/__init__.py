@@ -1,2 +1,3 @@
-"""Zero-shot classification with test-time adaptation (policies, views, datasets, peers, runner task)."""
-from . import peers  # noqa: F401  (registers ctpt, zero, tda, kd in the rlcf method registry)
+"""Zero-shot classification with test-time adaptation (policies, views, datasets, peers, runner task).
+
+The peer methods of :mod:`.peers` are registered by :func:`tasks.methods.register_all`, not by importing this package."""

@@ -1,24 +1,26 @@
-"""Peer methods in the core registry: C-TPT, ZERO, TDA and KD from the reward model.
+"""Peer methods: C-TPT, ZERO, TDA and KD from the reward model.
 
-Importing this module registers ``ctpt``, ``zero``, ``tda`` and ``kd`` (``tasks.classification``
-imports it). Each states whether it is episodic (reset per sample) or online (state carried
-across the test stream, so the stream order matters and sharding is refused).
+They are registered in the core registry explicitly, by :func:`tasks.methods.register_all` (the one
+list of every method), never as a side effect of an import. Each states whether it is episodic (reset
+per sample) or online (state carried across the test stream, so the stream order matters and sharding
+is refused). Their options are typed dataclasses (``adapt.options`` in a config).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import rlcf
 from rlcf.engine import AdaptConfig, Method
 from rlcf.losses import entropy, marginal_entropy, select_confident, softmax_ce
-from rlcf.policy import Episode
+from rlcf.policy import DiscretePolicy, Episode
 
-__all__ = ["CTPT", "Zero", "TDA", "KD", "text_dispersion", "zero_vote", "TDACache"]
+__all__ = ["CTPT", "Zero", "TDA", "KD", "PEERS", "text_dispersion", "zero_vote", "TDACache", "CTPTOptions",
+           "ZeroOptions", "TDAOptions", "KDOptions"]
 
 
 def text_dispersion(text_feats: Tensor) -> Tensor:
@@ -26,29 +28,30 @@ def text_dispersion(text_feats: Tensor) -> Tensor:
     return (text_feats - text_feats.mean(0, keepdim=True)).norm(dim=-1).mean()
 
 
-@rlcf.register_method("ctpt")
+@dataclass(frozen=True)
+class CTPTOptions:
+    """``ctpt_lambda``: the ATFD weight (20 for ImageNet variants, 50 for fine-grained sets)."""
+
+    ctpt_lambda: float = 20.0
+
+
 class CTPT(Method):
     """C-TPT (Yoon et al., ICLR'24): TPT's marginal entropy minus ``lambda * ATFD`` of the prompt's
-    class text features (``extra.ctpt_lambda``: 20 for ImageNet variants, 50 for fine-grained sets).
-    Episodic; needs a prompt policy (``class_features()`` with grad)."""
+    class text features (``options.ctpt_lambda``). Episodic; needs a prompt policy (``class_features()``
+    with grad)."""
 
-    default_config = AdaptConfig(steps=1, lr=5e-3, selection=0.1, extra={"ctpt_lambda": 20.0})
+    name = "ctpt"
+    Options = CTPTOptions
+    default_config = AdaptConfig(steps=1, lr=5e-3, selection=0.1)
 
     @classmethod
-    def supports(cls, policy) -> bool:
-        return not getattr(policy, "query_trainable", True)   # the text side (prompt) must be trainable
+    def supports(cls, policy) -> bool:   # the text side (prompt) must be trainable
+        return isinstance(policy, DiscretePolicy) and not policy.query_trainable and hasattr(policy, "class_features")
 
     def loss(self, ep: Episode, step: int) -> Tensor:
-        p = self.policy
-        feats = p.class_features()
-        if ep.selected is None:
-            all_logits = p.logits(ep.frozen_query, feats)
-            ep.selected = select_confident(all_logits, self.config.selection)
-            logits = all_logits[ep.selected]
-        else:
-            logits = p.logits(ep.frozen_query[ep.selected], feats)
-        lam = float(self.config.extra.get("ctpt_lambda", 20.0))
-        return marginal_entropy(logits) - lam * text_dispersion(feats)
+        feats = self.policy.class_features()
+        logits = self.policy.selected_logits(ep, class_feats=feats)
+        return marginal_entropy(logits) - self.options.ctpt_lambda * text_dispersion(feats)
 
 
 TIE_BREAKS = ("entropy", "view_order")
@@ -99,22 +102,35 @@ def zero_vote(logits: Tensor, gamma: float, tie_break: str = "entropy", official
     return votes
 
 
-@rlcf.register_method("zero")
+@dataclass(frozen=True)
+class ZeroOptions:
+    """``tie_break``: ``"entropy"`` (official HEAD) or ``"view_order"`` (before cbd7949);
+    ``official_fallback``: reproduce the bitwise-NOT fallback (see :func:`zero_vote`)."""
+
+    tie_break: str = "entropy"
+    official_fallback: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tie_break not in TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got '{self.tie_break}'")
+
+
 class Zero(Method):
     """ZERO: no backward pass, argmax voting over the confident views (episodic, training-free).
-    Returns ``log(vote fraction)`` so that softmax gives the vote shares. ``extra``: ``tie_break``
-    (``"entropy"``, official HEAD; ``"view_order"``, before cbd7949) and ``official_fallback``
-    (see :func:`zero_vote`)."""
+    Returns ``log(vote fraction)`` so that softmax gives the vote shares."""
 
-    default_config = AdaptConfig(steps=0, selection=0.3, extra={"tie_break": "entropy", "official_fallback": True})
+    name = "zero"
+    Options = ZeroOptions
+    default_config = AdaptConfig(steps=0, selection=0.3)
 
-    def forward(self, views: Tensor) -> Tensor:
-        views = self.check_views(views)
-        with torch.no_grad(), self._autocast():
-            ep = self.make_episode(views)
-            e = {**self.default_config.extra, **self.config.extra}
-            votes = zero_vote(ep.all_logits().float(), self.config.selection, e["tie_break"], e["official_fallback"])
-        self.last_info = {"flags": [], "losses": [], "votes": votes.tolist(), "precision": self.precision}
+    @classmethod
+    def supports(cls, policy) -> bool:
+        return isinstance(policy, DiscretePolicy)
+
+    def predict(self, ep: Episode) -> Tensor:
+        o = self.options
+        votes = zero_vote(self.policy.all_logits(ep).float(), self.config.selection, o.tie_break, o.official_fallback)
+        ep.info["votes"] = votes.tolist()
         return torch.log(votes / votes.sum() + 1e-12)
 
 
@@ -151,76 +167,109 @@ class TDACache:
         return alpha * ((-1.0) * (beta - beta * affinity)).exp() @ v
 
 
-@rlcf.register_method("tda")
+@dataclass(frozen=True)
+class TDAOptions:
+    """TDA's cache settings (ImageNet defaults; per-dataset alpha / beta in ``configs/classification/tda.yaml``)."""
+
+    pos_capacity: int = 3
+    pos_alpha: float = 2.0
+    pos_beta: float = 5.0
+    neg_capacity: int = 2
+    neg_alpha: float = 0.117
+    neg_beta: float = 1.0
+    neg_entropy: tuple[float, float] = (0.2, 0.5)
+    neg_mask: tuple[float, float] = (0.03, 1.0)
+
+
 class TDA(Method):
-    """TDA (Karmanov et al., CVPR'24): training-free positive/negative feature caches. **Online**.
+    """TDA (Karmanov et al., CVPR'24): training-free positive/negative feature caches. **Online**:
+    the caches are its stream state (:meth:`reset_stream`, :meth:`stream_state`).
 
     Multi-view samples keep the 10% most confident views (features and logits averaged, as the
-    official ``get_clip_logits``); single-view samples use the view itself. ``extra`` holds the
-    official hyperparameters (ImageNet defaults; per-dataset values in configs).
+    official ``get_clip_logits``); single-view samples use the view itself.
     """
 
+    name = "tda"
     episodic = False
-    default_config = AdaptConfig(steps=0, selection=0.1, extra={
-        "pos_capacity": 3, "pos_alpha": 2.0, "pos_beta": 5.0,
-        "neg_capacity": 2, "neg_alpha": 0.117, "neg_beta": 1.0,
-        "neg_entropy": [0.2, 0.5], "neg_mask": [0.03, 1.0]})
+    Options = TDAOptions
+    default_config = AdaptConfig(steps=0, selection=0.1)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.reset_state()
+        self.reset_stream()
 
-    def reset_state(self) -> None:
+    @classmethod
+    def supports(cls, policy) -> bool:
+        return isinstance(policy, DiscretePolicy)
+
+    def reset_stream(self) -> None:
         """Empty both caches (start of a new stream)."""
-        e = {**self.default_config.extra, **self.config.extra}
-        self.pos, self.neg = TDACache(e["pos_capacity"]), TDACache(e["neg_capacity"])
+        super().reset_stream()
+        self.pos, self.neg = TDACache(self.options.pos_capacity), TDACache(self.options.neg_capacity)
 
-    def forward(self, views: Tensor) -> Tensor:
-        e = {**self.default_config.extra, **self.config.extra}
-        views = self.check_views(views)
-        p = self.policy
-        with torch.no_grad(), self._autocast():
-            q = p.encode_query(views).float()
-            logits = p.logits(q).float()
-            c = logits.shape[-1]
-            if views.shape[0] > 1:
-                sel = select_confident(logits, self.config.selection)
-                feat, out = q[sel].mean(0), logits[sel]
-                clip_logits, loss = out.mean(0), float(marginal_entropy(out))
-                prob = out.softmax(-1).mean(0)
-            else:
-                feat, clip_logits = q[0], logits[0]
-                loss, prob = float(entropy(logits)[0]), logits[0].softmax(-1)
-            pred = int(clip_logits.argmax())
-            prop_entropy = loss / math.log2(c)   # official normalisation (natural-log entropy / log2 C)
-            self.pos.update(pred, feat, loss)
-            lo, hi = e["neg_entropy"]
-            if lo < prop_entropy < hi:
-                self.neg.update(pred, feat, loss, prob)
-            final = clip_logits.clone()
-            if self.pos.items:
-                final += self.pos.logits(feat, e["pos_alpha"], e["pos_beta"], c)
-            if self.neg.items:
-                final -= self.neg.logits(feat, e["neg_alpha"], e["neg_beta"], c, tuple(e["neg_mask"]))
-        self.last_info = {"flags": [], "losses": [], "pos_size": sum(len(v) for v in self.pos.items.values()),
-                          "precision": self.precision}
+    def stream_state(self) -> dict[str, Any]:
+        return {**super().stream_state(), "pos": dict(self.pos.items), "neg": dict(self.neg.items)}
+
+    def load_stream_state(self, state: dict[str, Any]) -> None:
+        super().load_stream_state(state)
+        self.pos.items = {int(k): list(v) for k, v in state["pos"].items()}
+        self.neg.items = {int(k): list(v) for k, v in state["neg"].items()}
+
+    def predict(self, ep: Episode) -> Tensor:
+        o, p, views = self.options, self.policy, ep.inputs
+        q = p.encode_query(views).float()
+        logits = p.logits(q).float()
+        c = logits.shape[-1]
+        if len(views) > 1:
+            sel = select_confident(logits, self.config.selection)
+            feat, out = q[sel].mean(0), logits[sel]
+            clip_logits, loss = out.mean(0), float(marginal_entropy(out))
+            prob = out.softmax(-1).mean(0)
+        else:
+            feat, clip_logits = q[0], logits[0]
+            loss, prob = float(entropy(logits)[0]), logits[0].softmax(-1)
+        pred = int(clip_logits.argmax())
+        prop_entropy = loss / math.log2(c)   # official normalisation (natural-log entropy / log2 C)
+        self.pos.update(pred, feat, loss)
+        lo, hi = o.neg_entropy
+        if lo < prop_entropy < hi:
+            self.neg.update(pred, feat, loss, prob)
+        final = clip_logits.clone()
+        if self.pos.items:
+            final += self.pos.logits(feat, o.pos_alpha, o.pos_beta, c)
+        if self.neg.items:
+            final -= self.neg.logits(feat, o.neg_alpha, o.neg_beta, c, tuple(o.neg_mask))
+        ep.info["pos_size"] = sum(len(v) for v in self.pos.items.values())
         return final
 
 
-@rlcf.register_method("kd")
+@dataclass(frozen=True)
+class KDOptions:
+    """``kd_temperature``: the distillation temperature T (official 1)."""
+
+    kd_temperature: float = 1.0
+
+
 class KD(Method):
     """Knowledge distillation from the reward CLIP (official RLCF KD baseline): the teacher's
     logits ``logit_scale * cos`` over the confident views; soft cross-entropy at temperature T
-    (``extra.kd_temperature``, 1). Episodic. The reward object provides the teacher."""
+    (``options.kd_temperature``). Episodic. The reward object provides the teacher."""
 
+    name = "kd"
     needs_reward = True
-    default_config = AdaptConfig(steps=3, lr=1e-5, selection=0.1, extra={"kd_temperature": 1.0})
+    Options = KDOptions
+    default_config = AdaptConfig(steps=3, lr=1e-5, selection=0.1)
+
+    @classmethod
+    def supports(cls, policy) -> bool:
+        return isinstance(policy, DiscretePolicy)
 
     def loss(self, ep: Episode, step: int) -> Tensor:
-        logits = ep.selected_logits()
-        if "_teacher" not in ep.cache:
-            self.reward.set_query(ep.views[ep.selected])
-            ep.cache["_teacher"] = self.reward.teacher_logits()
-        t = float(self.config.extra.get("kd_temperature", 1.0))
-        target = (ep.cache["_teacher"].to(logits.device) / t).softmax(-1)
+        logits = self.policy.selected_logits(ep)
+        t = self.options.kd_temperature
+        teacher = self.reward.teacher_logits(ep.selected_inputs)
+        target = (teacher.to(logits.device) / t).softmax(-1)
         return softmax_ce(logits, target, t)
+
+
+PEERS: tuple[type[Method], ...] = (CTPT, Zero, TDA, KD)

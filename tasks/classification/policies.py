@@ -1,7 +1,9 @@
 """Classification policies over an open_clip ``CLIP``: prompt tuning and image-encoder tuning.
 
-Both follow :class:`rlcf.DiscretePolicy`: ``logits(encode_query(images))`` with
-``logits = logit_scale.exp() * img @ txt^T`` on L2-normalised features.
+Both are :class:`rlcf.DiscretePolicy`: ``logits(encode_query(images))`` with
+``logits = logit_scale.exp() * img @ txt^T`` on L2-normalised features. Each declares what it trains
+(:meth:`trainable_parameters`) instead of flipping ``requires_grad`` on the CLIP, so several policies
+may share one CLIP (the engine lets exactly a policy's parameters require grad during its steps).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rlcf.policy import DiscretePolicy
 
 from ..common.clip import eot_index as _eot_index
 from ..common.clip import encode_texts, text_features_from_embeddings
@@ -27,13 +31,15 @@ def class_prompts(classnames: Sequence[str], template: str = "a photo of a {}.")
     return [template.format(n.replace("_", " ")) for n in classnames]
 
 
-class _ClipPolicy(nn.Module):
+class _ClipPolicy(DiscretePolicy):
     query_trainable: bool = False
 
     def __init__(self, clip: nn.Module) -> None:
         super().__init__()
         self.clip = clip
-        clip.requires_grad_(False)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        raise NotImplementedError
 
     def encode_query(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W]`` -> normalised image features ``[B, D]``."""
@@ -46,7 +52,7 @@ class _ClipPolicy(nn.Module):
     def class_features(self) -> Tensor:
         raise NotImplementedError
 
-    def logits(self, q: Tensor, class_feats: Tensor | None = None) -> Tensor:
+    def logits(self, q: Tensor, class_feats: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """``[B, D]`` normalised image features -> ``[B, C]`` logits (``class_feats``: reuse ``[C, D]``)."""
         feats = self.class_features() if class_feats is None else class_feats
         return self.clip.logit_scale.exp().float() * q.float() @ feats.t()
@@ -93,6 +99,10 @@ class PromptPolicy(_ClipPolicy):
         self.text_chunk, self.truncate = text_chunk, truncate
         self.ctx = nn.Parameter(ctx.float())
         self.set_classnames(classnames)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The context vectors only."""
+        return {"ctx": self.ctx}
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """(Re)build the frozen prefix/suffix token embeddings for a new class list."""
@@ -151,14 +161,16 @@ class EncoderPolicy(_ClipPolicy):
         super().__init__(clip)
         self.tokenizer = tokenizer
         self.templates = list(templates) if templates else [template]
-        if norm_only:
-            norms = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
-            for m in clip.visual.modules():
-                if isinstance(m, norms):
-                    m.requires_grad_(True)
-        else:
-            clip.visual.requires_grad_(True)
+        self.norm_only = norm_only
         self.set_classnames(classnames)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The whole visual tower (official), or only its normalisation layers (``norm_only``)."""
+        if not self.norm_only:
+            return {f"clip.visual.{n}": p for n, p in self.clip.visual.named_parameters()}
+        norms = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
+        return {f"clip.visual.{m}.{n}": p for m, mod in self.clip.visual.named_modules() if isinstance(mod, norms)
+                for n, p in mod.named_parameters(recurse=False)}
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         feats = torch.stack([encode_texts(self.clip, self.tokenizer(class_prompts(classnames, t)))

@@ -19,6 +19,8 @@ from rlcf.reward import input_resolution
 
 from ..common.clip import build_clip, resolve_device
 from ..common.clip import build_reward as build_reward_models
+from .datasets import build_dataset, canonical_id
+from .datasets.fewshot import BUILDERS as FINE_GRAINED
 from .metrics import classification_metrics
 from .policies import EncoderPolicy, PromptPolicy, class_prompts
 from .views import ViewTransform
@@ -43,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     # "<ctx_init> {}." with underscores as spaces. Official encoder tuning: "a_photo_of_a {}." (underscores kept).
     "prompt": {"n_ctx": 4, "ctx_init": "a photo of a", "coop": None, "text_chunk": None, "class_template": None},
     "encoder": {"norm_only": False, "ensemble": False},   # ensemble: average the dataset's templates
-    "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "extra"} | {"extra": {}},
+    "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"} | {"options": {}},
     "run": {"out_dir": "output/classification", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
             "device": "auto", "save_logits": False, "allow_online_sharding": False, "shuffle": "python"},
     # per_set: {fnmatch pattern over set ids: config deltas}, applied in order to each set of data.set_id
@@ -85,23 +87,16 @@ def class_template(cfg: dict) -> str:
     return (cfg["prompt"]["ctx_init"] or "a photo of a").replace("_", " ") + " {}."
 
 
-def build_reward(cfg: dict, classnames, device: torch.device, resolution: int):
+def build_reward(cfg: dict, classnames, device: torch.device):
     """The reward (or RLCF-S ensemble) with the class prompts cached once per dataset."""
-    reward = build_reward_models(cfg["reward"], device, resolution)
+    reward = build_reward_models(cfg["reward"], device)
     reward.set_candidates(class_prompts(classnames, class_template(cfg)))
     return reward
 
 
 def build_dataset_from_config(cfg: dict):
+    """The test set of ``cfg["data"]`` from the one dataset registry (``tasks.classification.datasets``)."""
     d = cfg["data"]
-    if d["set_id"].startswith("world/"):
-        from ..world.splits import build_world_dataset
-
-        from pathlib import Path
-
-        return build_world_dataset(d["set_id"].split("/", 1)[1], root=Path(d["root"]) / "world")
-    from .datasets import build_dataset
-
     ds = build_dataset(d["set_id"], d["root"], classnames_source=d["classnames"], templates=d["templates"],
                        strict=d["strict"])
     if d.get("exclude"):   # TDA's listdir drops every file whose name contains "sh" (plushie_*, shark, ...)
@@ -119,7 +114,7 @@ class ClassificationTask:
                  save_logits: bool = False) -> None:
         self.method, self.dataset, self.views = method, dataset, views
         self.seed, self.save_logits = seed, save_logits
-        self.online = not method.episodic or method.config.momentum is not None
+        self.online = method.online
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ClassificationTask":
@@ -129,14 +124,14 @@ class ClassificationTask:
         clip, _, tok = build_clip(cfg["model"], device)
         res = cfg["views"]["resolution"] or input_resolution(clip)
         mcls = rlcf.get_method(cfg["method"])
-        reward = build_reward(cfg, dataset.classnames, device, res) if mcls.needs_reward else None
+        reward = build_reward(cfg, dataset.classnames, device) if mcls.needs_reward else None
         policy = build_policy(cfg["policy"], clip, dataset.classnames, tok, cfg, dataset.templates).to(device)
         adapt = dict(cfg["adapt"])
         method = rlcf.create_method(cfg["method"], policy, reward, AdaptConfig(**adapt))
         v = cfg["views"]
         augmix = v["augmix"]
-        if augmix is None:   # official: AugMix only for the fine-grained sets (multi-letter ids)
-            augmix = len(cfg["data"]["set_id"]) > 1 and not cfg["data"]["set_id"].startswith("world/")
+        if augmix is None:   # official (TPT's len(set_id) > 1): AugMix only for the fine-grained sets
+            augmix = canonical_id(cfg["data"]["set_id"])[0] in FINE_GRAINED
         views = ViewTransform(n_views=v["n"], resolution=res, mean=clip.visual.image_mean,
                               std=clip.visual.image_std, augmix=v["augmix_ops"] if augmix else False,
                               scale=tuple(v["scale"]), flip=v["flip"])

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import MissingDataError
+from .data import MissingDataError, UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle", "build_clip", "resolve_device", "build_reward", "checkpoint_problems",
-           "eot_index", "text_features", "text_features_from_embeddings", "encode_texts"]
+__all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle", "build_clip", "resolve_device",
+           "build_reward", "checkpoint_problems", "eot_index", "text_features", "text_features_from_embeddings",
+           "encode_texts", "file_fingerprint", "weights_fingerprint", "run_fingerprint"]
 
 ClipBundle = tuple[nn.Module, Callable, Callable]
 
@@ -33,13 +35,50 @@ def canonical_arch(name: str) -> str:
     return _OPENAI_NAMES.get(name, name.replace("/", "-"))
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ModelNameError(UserError, KeyError):
+    """An unknown architecture or pretrained tag (the message lists the known ones)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init(active: bool) -> Iterator[None]:
+    """open_clip warns through the root logger for every model built without weights; silence it when
+    random weights (tests, training from scratch) are what the caller asked for."""
+    f = _DropRandomInitWarning()
+    if active:
+        logging.getLogger().addFilter(f)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(f)
+
+
+def repo_path(path: str | Path) -> Path:
+    """``path``, or, when it is relative and absent here, the same path under the repository root (configs
+    name repository files such as ``tasks/world/model_configs/World-Policy-RN.json`` from the root)."""
+    p = Path(path).expanduser()
+    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
+    return p
+
+
 def register_model_config(path: str | Path) -> str:
     """Register an open_clip architecture JSON (file or folder of files); returns the file's stem."""
     import open_clip
 
-    p = Path(path)
+    p = repo_path(path)
     if not p.exists():
-        raise MissingDataError(f"model config '{p}' not found")
+        raise MissingDataError(f"model config '{path}' not found (an open_clip architecture JSON, or a folder of them)")
     open_clip.add_model_config(p)
     return p.stem
 
@@ -71,16 +110,17 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
         register_model_config(config_file)
     arch = canonical_arch(name)
     if arch not in open_clip.list_models():
-        raise KeyError(f"unknown CLIP architecture '{name}'. Available: {', '.join(open_clip.list_models())}. "
-                       "Register your own with config_file=<arch>.json")
+        raise ModelNameError(f"unknown CLIP architecture '{name}'. Available: {', '.join(open_clip.list_models())}. "
+                             "Register your own with config_file=<arch>.json")
     if pretrained is not None and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
                                    or "/" in pretrained or Path(pretrained).exists()):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise MissingDataError(
                 f"CLIP checkpoint '{path}' not found for architecture '{arch}'. Put the weights there "
-                f"(e.g. the OpenAI file {arch}.pt under pretrained/clip/, see pretrained/README.md) or pass "
-                f"an open_clip tag: {open_clip.list_pretrained_tags_by_model(arch) or 'none known'}")
+                f"(e.g. the OpenAI file {arch}.pt under pretrained/clip/, see pretrained/README.md; the embedded "
+                f"world's models: python -m tasks.world) or pass an open_clip tag: "
+                f"{open_clip.list_pretrained_tags_by_model(arch) or 'none known'}")
         if _is_torchscript(path):
             logger.info("loading OpenAI TorchScript checkpoint %s", path)
             model = open_clip.load_openai_model(str(path), precision=precision, device=device)
@@ -90,11 +130,12 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
             return model.eval(), preprocess, open_clip.get_tokenizer(arch)
         pretrained = str(path)
     elif pretrained is not None and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
-        raise KeyError(f"unknown pretrained tag '{pretrained}' for '{arch}'. Known tags: "
-                       f"{open_clip.list_pretrained_tags_by_model(arch)}; or pass a local checkpoint path")
+        raise ModelNameError(f"unknown pretrained tag '{pretrained}' for '{arch}'. Known tags: "
+                             f"{open_clip.list_pretrained_tags_by_model(arch)}; or pass a local checkpoint path")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=pretrained, device=device, precision=precision)
+        with _quiet_random_init(pretrained is None):   # random weights are what was asked for: no warning
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained, device=device, precision=precision)
     except RuntimeError as e:
         if pretrained is not None and not Path(pretrained).exists():
             raise RuntimeError(
@@ -112,40 +153,54 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_clip(spec: dict, device: torch.device) -> ClipBundle:
-    """``(model, preprocess, tokenizer)`` from a config spec ``{arch, pretrained, config_file}``.
-
-    ``arch: world:<policy|reward|filter>`` loads the embedded world's trained models (same open_clip
-    path, checkpoints under ``pretrained/world``).
-    """
-    if spec["arch"].startswith("world:"):
-        from ..world.models import load_world_clip
-
-        return load_world_clip(spec["arch"].split(":", 1)[1], device=device)
+    """``(model, preprocess, tokenizer)`` from a config spec ``{arch, pretrained, config_file}``."""
     return load_clip(spec["arch"], spec.get("pretrained"), device=device, config_file=spec.get("config_file"))
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a file, cached per process by (path, size, mtime)."""
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
 def weights_fingerprint(cfg: dict) -> dict:
-    """``{"model" | "reward": SHA-256}`` of the embedded world's checkpoints that ``cfg``'s ``world:`` models
-    resolve to: records depend on those weights, which the config only names ``world:<which>`` (other
-    models are named by their file or tag in the config itself).  Call it once the models are built."""
+    """``{"model" | "reward" | "reward.<i>": SHA-256}`` of the local checkpoint files a config's models load:
+    records depend on the weights, which a config names only by path (a retrained model at the same
+    path must not resume old records)."""
     out = {}
     for key in ("model", "reward"):
         spec = cfg.get(key)
-        if isinstance(spec, dict) and str(spec.get("arch", "")).startswith("world:"):
-            from ..world.models import ensure_world_model
-
-            out[key] = ensure_world_model(spec["arch"].split(":", 1)[1], progress=False)["sha256"]
+        if not isinstance(spec, dict):
+            continue
+        members = spec.get("ensemble") or [spec]
+        for i, m in enumerate(members):
+            path = m.get("pretrained")
+            if _is_path(path) and Path(path).is_file():
+                out[key if len(members) == 1 else f"{key}.{i}"] = file_fingerprint(path)
     return out
 
 
 def run_fingerprint(cfg: dict) -> dict:
-    """What determines a record of a run of ``cfg``: :func:`result_fingerprint` plus the world weights."""
+    """What determines a record of a run of ``cfg``: :func:`result_fingerprint` plus the weights' hashes."""
     from .runner import result_fingerprint
 
     return {**result_fingerprint(cfg), "weights": weights_fingerprint(cfg)}
 
 
-def build_reward(reward_cfg: dict, device: torch.device, resolution: int | None = None):
+def build_reward(reward_cfg: dict, device: torch.device):
     """``rlcf.CLIPReward`` from ``{arch, pretrained, config_file, weight}``, or ``rlcf.EnsembleReward``
     (RLCF-S) when ``ensemble`` lists member specs with a ``confidence`` each. Nothing is cached yet."""
     import rlcf
@@ -154,7 +209,7 @@ def build_reward(reward_cfg: dict, device: torch.device, resolution: int | None 
     rewards, confidences = [], []
     for spec in members:
         model, _, tok = build_clip(spec, device)
-        rewards.append(rlcf.CLIPReward(model, tok, weight=reward_cfg.get("weight", 2.5), policy_resolution=resolution))
+        rewards.append(rlcf.CLIPReward(model, tok, weight=reward_cfg.get("weight", 2.5)))
         confidences.append(spec.get("confidence", 1.0))
     return rewards[0] if len(rewards) == 1 else rlcf.EnsembleReward(rewards, confidences)
 
@@ -215,7 +270,8 @@ def encode_texts(clip: nn.Module, tokens: Tensor, chunk: int | None = 256, trunc
 
 
 WEIGHTS_HINT = ("OpenAI CLIP checkpoints (ViT-B-16.pt, ViT-L-14.pt; for RLCF-S also ViT-L-14-336px.pt and RN50x64.pt) "
-                "go under $PRETRAINED/clip/; see pretrained/README.md.")
+                "go under $PRETRAINED/clip/ (see pretrained/README.md); the embedded world's models are made by "
+                "`python -m tasks.world` (or `bash scripts/demo.sh`).")
 
 
 def _is_path(value: str | None) -> bool:
@@ -232,10 +288,19 @@ def checkpoint_problems(cfg: dict) -> list[str]:
         specs += [("reward model", s) for s in (cfg["reward"]["ensemble"] or [cfg["reward"]])]
     out = []
     for what, spec in specs:
-        if spec["arch"].startswith("world:"):
-            continue
         if _is_path(spec.get("pretrained")) and not Path(spec["pretrained"]).is_file():
             out.append(f"{what} checkpoint not found: {spec['pretrained']}. {WEIGHTS_HINT}")
-        if spec.get("config_file") and not Path(spec["config_file"]).is_file():
+        if spec.get("config_file") and not repo_path(spec["config_file"]).is_file():
             out.append(f"{what} config not found: {spec['config_file']}")
     return out
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
+                         templates: Sequence[str | Callable[[str], str]] = ("a photo of a {}.",)) -> Tensor:
+    """Normalised class embeddings ``[C, D]``: the mean of the normalised per-template text embeddings,
+    renormalised (open_clip's ``build_zero_shot_classifier``, transposed)."""
+    from open_clip import build_zero_shot_classifier
+
+    device = next(model.parameters()).device
+    return build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates), device=device).T.float()

@@ -14,7 +14,25 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-__all__ = ["load_config", "merge", "apply_overrides", "dump_config", "expand_env", "for_set"]
+from .data import UserError
+
+__all__ = ["load_config", "merge", "apply_overrides", "dump_config", "expand_env", "for_set", "ConfigKeyError",
+           "ConfigTypeError", "ConfigValueError"]
+
+
+class ConfigKeyError(UserError, KeyError):
+    """An unknown config key (or a missing environment variable)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigTypeError(UserError, TypeError):
+    """A config value of the wrong type."""
+
+
+class ConfigValueError(UserError, ValueError):
+    """A malformed override or config file."""
 
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
@@ -26,7 +44,7 @@ def expand_env(value: Any) -> Any:
             if m.group(1) in os.environ:
                 return os.environ[m.group(1)]
             if m.group(2) is None:
-                raise KeyError(f"config value '{value}' needs the environment variable {m.group(1)}")
+                raise ConfigKeyError(f"config value '{value}' needs the environment variable {m.group(1)}")
             return m.group(2)
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
@@ -43,9 +61,9 @@ def merge(base: Mapping[str, Any], delta: Mapping[str, Any], path: str = "", str
         key = f"{path}{k}"
         if k not in out:
             if strict:
-                raise KeyError(f"unknown config key '{key}'; valid keys here: {sorted(out)}")
+                raise ConfigKeyError(f"unknown config key '{key}'; valid keys here: {sorted(out)}")
             out[k] = copy.deepcopy(v)
-        elif isinstance(out[k], dict) and isinstance(v, Mapping) and (k.endswith("extra") or k == "per_set"):
+        elif isinstance(out[k], dict) and isinstance(v, Mapping) and (k == "options" or k == "per_set"):
             out[k] = {**out[k], **copy.deepcopy(dict(v))}   # free-form options: a union, later keys win
         elif isinstance(out[k], dict) and isinstance(v, Mapping):
             out[k] = merge(out[k], v, key + ".", strict)
@@ -58,14 +76,14 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
     if old is None or new is None or isinstance(old, (dict, list)):
         return new
     if isinstance(old, bool) != isinstance(new, bool):
-        raise TypeError(f"config '{key}' expects {type(old).__name__}, got {new!r}")
+        raise ConfigTypeError(f"config '{key}' expects {type(old).__name__}, got {new!r}")
     if isinstance(old, float) and isinstance(new, (int, str)) and not isinstance(new, bool):
         try:
             return float(new)   # YAML 1.1 reads "5e-3" as a string
         except ValueError:
             pass
     if isinstance(old, (int, float, str)) and not isinstance(new, type(old)):
-        raise TypeError(f"config '{key}' expects {type(old).__name__}, got {new!r}")
+        raise ConfigTypeError(f"config '{key}' expects {type(old).__name__}, got {new!r}")
     return new
 
 
@@ -74,17 +92,17 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
     cfg = copy.deepcopy(cfg)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override '{item}' must look like key.sub=value")
+            raise ConfigValueError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else None
         node, parts = cfg, key.split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise KeyError(f"unknown config key '{key}' (no section '{p}')")
+                raise ConfigKeyError(f"unknown config key '{key}' (no section '{p}')")
             node = node[p]
         last = parts[-1]
-        if last not in node and not parts[-2:-1] == ["extra"]:
-            raise KeyError(f"unknown config key '{key}'; valid keys here: {sorted(node)}")
+        if last not in node and not parts[-2:-1] == ["options"]:
+            raise ConfigKeyError(f"unknown config key '{key}'; valid keys here: {sorted(node)}")
         node[last] = _check_type(key, node.get(last), value)
     return cfg
 
@@ -106,7 +124,9 @@ def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"config file '{path}' not found")
+        from .data import MissingDataError
+
+        raise MissingDataError(f"config file '{path}' not found (configs live under configs/<task>/)")
     data = yaml.safe_load(path.read_text()) or {}
     base = data.pop("base", None)
     if base is not None:

@@ -24,10 +24,15 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageListDataset", "MissingDataError", "require_path"]
+__all__ = ["ImageListDataset", "MissingDataError", "UserError", "require_path"]
 
 
-class MissingDataError(FileNotFoundError):
+class UserError(Exception):
+    """An error the user can fix (a missing file, a bad config key or value): the command lines print it
+    as one line and exit with code 2 (the traceback only with ``--debug``)."""
+
+
+class MissingDataError(UserError, FileNotFoundError):
     """A dataset or checkpoint is not where the configuration says it is."""
 
 

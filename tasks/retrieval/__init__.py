@@ -3,7 +3,7 @@
 * :mod:`.data`: COCO / Flickr30K Karpathy test splits (LAVIS or Karpathy JSON) and the embedded
   world's captions; LAVIS caption pre-processing; the ``img2txt`` / ``txt2img`` maps.
 * :mod:`.policies`: :class:`ImageToTextPolicy` (image tower tuned, gallery captions cached) and
-  :class:`TextToImagePolicy` (text side tuned, gallery images cached), :class:`TextQueryReward`.
+  :class:`TextToImagePolicy` (text side tuned, gallery images cached; queries are caption strings).
 * :mod:`.metrics`: R@1/5/10 per direction (LAVIS definitions, deterministic tie rule), ``r_mean``.
 * :mod:`.task` / :mod:`.run`: the runner task (one query = one sample) and the CLI
   ``python -m tasks.retrieval.run --config configs/retrieval/coco.yaml direction=t2i``.

@@ -2,14 +2,14 @@
 
 * :class:`ImageToTextPolicy`: the query is one test image ``[1, 3, H, W]``, the candidates are the
   gallery captions; the whole image tower is trainable, the gallery text features are cached.
-* :class:`TextToImagePolicy`: the query is one caption's token ids ``[1, L]``, the candidates are
-  the gallery images; every non-visual parameter is trainable (transformer, token and positional
-  embeddings, ``ln_final``, ``text_projection`` and, optionally, ``logit_scale``), as the official
-  ``only_visual=False`` set-up; the gallery image features are cached.
+* :class:`TextToImagePolicy`: the query is one caption (a string, tokenised by the policy's own
+  tokenizer), the candidates are the gallery images; every non-visual parameter is trainable
+  (transformer, token and positional embeddings, ``ln_final``, ``text_projection`` and, optionally,
+  ``logit_scale``), as the official ``only_visual=False`` set-up; the gallery image features are cached.
 
-Both score ``logits = logit_scale.exp() * q @ g^T`` on L2-normalised features (100 * cos for an
-OpenAI CLIP with a frozen scale). :class:`TextQueryReward` lets the reward CLIPs read the raw
-caption of a text query with their own tokenizers.
+Both are :class:`rlcf.DiscretePolicy`: ``logits = logit_scale.exp() * q @ g^T`` on L2-normalised features
+(100 * cos for an OpenAI CLIP with a frozen scale). The reward reads the query itself (the image, or the
+caption's text with each reward CLIP's own tokenizer): ``reward(query, candidates)``.
 """
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlcf.policy import DiscretePolicy
+from rlcf.reward import encode_batched
+
 from ..common.clip import text_features
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageToTextPolicy", "TextToImagePolicy", "TextQueryReward", "encode_tokens", "encode_text_gallery",
+__all__ = ["ImageToTextPolicy", "TextToImagePolicy", "encode_tokens", "encode_text_gallery",
            "encode_image_gallery", "reward_members"]
 
 
@@ -40,9 +43,8 @@ def encode_tokens(clip: nn.Module, tokens: Tensor, truncate: bool = True) -> Ten
 def encode_text_gallery(clip: nn.Module, tokenizer: Callable[[list[str]], Tensor], texts: Sequence[str],
                         batch_size: int = 256) -> Tensor:
     """Normalised features ``[N, D]`` (float32) of ``N`` captions by a frozen text tower."""
-    out = [F.normalize(encode_tokens(clip, tokenizer(list(texts[i:i + batch_size]))).float(), dim=-1)
-           for i in range(0, len(texts), batch_size)]
-    return torch.cat(out)
+    return encode_batched(lambda chunk: F.normalize(encode_tokens(clip, tokenizer(list(chunk))).float(), dim=-1),
+                          list(texts), batch_size, normalize=False)
 
 
 @torch.no_grad()
@@ -64,17 +66,15 @@ def encode_image_gallery(batches: Iterable[Tensor], encoders: Sequence[Callable[
 
 def reward_members(reward: object) -> list:
     """The :class:`rlcf.CLIPReward` members of a reward (itself, or an ensemble's)."""
-    inner = getattr(reward, "reward", reward)          # unwrap TextQueryReward
-    return list(getattr(inner, "rewards", [inner]))
+    return list(getattr(reward, "rewards", [reward]))
 
 
-class _RetrievalPolicy(nn.Module):
+class _RetrievalPolicy(DiscretePolicy):
     query_trainable: bool = True
 
     def __init__(self, clip: nn.Module, gallery: Tensor) -> None:
         super().__init__()
         self.clip = clip
-        clip.requires_grad_(False)
         self.register_buffer("gallery", torch.empty(0), persistent=False)
         self.set_gallery(gallery)
 
@@ -104,7 +104,10 @@ class ImageToTextPolicy(_RetrievalPolicy):
 
     def __init__(self, clip: nn.Module, gallery: Tensor) -> None:
         super().__init__(clip, gallery)
-        clip.visual.requires_grad_(True)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The whole visual tower (official ``only_visual=True``)."""
+        return {f"clip.visual.{n}": p for n, p in self.clip.visual.named_parameters()}
 
     def encode_query(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W]`` float images -> normalised ``[B, D]``."""
@@ -126,22 +129,34 @@ class TextToImagePolicy(_RetrievalPolicy):
     Args:
         clip: open_clip ``CLIP``.
         gallery: image features of every gallery image (see :func:`encode_image_gallery`).
+        tokenizer: the policy CLIP's tokenizer (``list[str] -> [B, L]``); queries are caption strings.
         train_logit_scale: tune ``logit_scale`` too (official: yes).
         truncate: run the text tower only up to the caption's EOT (see :func:`encode_tokens`).
     """
 
-    def __init__(self, clip: nn.Module, gallery: Tensor, train_logit_scale: bool = True, truncate: bool = True) -> None:
+    def __init__(self, clip: nn.Module, gallery: Tensor, tokenizer: Callable[[list[str]], Tensor],
+                 train_logit_scale: bool = True, truncate: bool = True) -> None:
         super().__init__(clip, gallery)
-        for name, p in clip.named_parameters():
-            if not name.startswith("visual."):
-                p.requires_grad_(True)
-        clip.logit_scale.requires_grad_(train_logit_scale)
+        self.tokenizer = tokenizer
+        self.train_logit_scale = train_logit_scale
         self.truncate = truncate
 
-    def encode_query(self, tokens: Tensor) -> Tensor:
-        """Token ids ``[B, L]`` (long) -> normalised ``[B, D]``."""
-        if tokens.dim() != 2 or tokens.is_floating_point():
-            raise ValueError(f"text queries must be token ids [B, L] (long), got {tuple(tokens.shape)} {tokens.dtype}")
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Every non-visual parameter (official ``only_visual=False``), ``logit_scale`` optionally."""
+        return {f"clip.{n}": p for n, p in self.clip.named_parameters()
+                if not n.startswith("visual.") and (n != "logit_scale" or self.train_logit_scale)}
+
+    def encode_query(self, texts: Sequence[str] | Tensor) -> Tensor:
+        """Captions (``B`` strings, tokenised here) or token ids ``[B, L]`` (long) -> normalised ``[B, D]``."""
+        if isinstance(texts, Tensor):
+            tokens = texts
+            if tokens.dim() != 2 or tokens.is_floating_point():
+                raise ValueError(f"text queries must be strings or token ids [B, L] (long), got "
+                                 f"{tuple(tokens.shape)} {tokens.dtype}")
+        else:
+            if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+                raise ValueError("text queries must be a list of caption strings (or token ids [B, L])")
+            tokens = self.tokenizer(list(texts))
         return F.normalize(encode_tokens(self.clip, tokens, self.truncate).float(), dim=-1)
 
     def train(self, mode: bool = True) -> TextToImagePolicy:
@@ -149,40 +164,3 @@ class TextToImagePolicy(_RetrievalPolicy):
         super().train(mode)
         self.clip.visual.eval()
         return self
-
-
-class TextQueryReward:
-    """A reward whose text queries arrive as the *policy's* token ids ``[1, L]``.
-
-    The rlcf method hands the reward ``views[selected]``, i.e. the caption's token ids; the reward
-    CLIPs (maybe with other tokenizers or context lengths) must read the caption itself. The task
-    announces it with :meth:`expect` before calling the method; :meth:`set_query` checks that the
-    ids are the announced ones and encodes the string. Image queries and candidates pass through.
-
-    Args:
-        reward: a :class:`rlcf.CLIPReward` or :class:`rlcf.EnsembleReward`.
-    """
-
-    def __init__(self, reward: object) -> None:
-        self.reward = reward
-        self._pending: tuple[Tensor, str] | None = None
-
-    def expect(self, tokens: Tensor, text: str) -> None:
-        """The next text query will be ``tokens`` ``[1, L]``, the ids of ``text``."""
-        self._pending = (tokens.detach().cpu(), text)
-
-    def set_query(self, query: Tensor | Sequence[str]) -> None:
-        if isinstance(query, Tensor) and not query.is_floating_point():
-            if self._pending is None:
-                raise RuntimeError("text query given as token ids without its caption: call expect(tokens, text) "
-                                   "before the method")
-            tokens, text = self._pending
-            q = query.detach().cpu()
-            if q.shape != tokens.shape or not torch.equal(q, tokens):
-                raise RuntimeError("the token ids given to the reward are not those announced with expect()")
-            self._pending = None
-            query = [text]
-        self.reward.set_query(query)
-
-    def __call__(self, candidates: Tensor) -> Tensor:
-        return self.reward(candidates)

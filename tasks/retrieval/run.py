@@ -10,17 +10,16 @@ summary. Rerunning the same command resumes an interrupted run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
-
-from ..common.config import dump_config, load_config
-from ..common.runner import init_distributed, run
+from ..common import cli
+from ..common.config import ConfigValueError
+from ..methods import register_all
 from .data import build_retrieval_data, dataset_tag
 from .metrics import combine_directions
-from ..common.clip import resolve_device, run_fingerprint
 from .task import DEFAULTS, DIRECTIONS, RetrievalTask
 
 logger = logging.getLogger("tasks.retrieval")
@@ -33,7 +32,7 @@ def split_directions(spec: str) -> list[str]:
     parts = ["t2i", "i2t"] if spec == "both" else [p.strip() for p in spec.split("/") if p.strip()]
     bad = [p for p in parts if p not in DIRECTIONS]
     if bad or not parts:
-        raise ValueError(f"direction must be t2i, i2t, t2i/i2t or both; got '{spec}'")
+        raise ConfigValueError(f"direction must be t2i, i2t, t2i/i2t or both; got '{spec}'")
     return parts
 
 
@@ -55,44 +54,32 @@ def collect_results(out_dir: str | Path, tag: str, method: str) -> dict:
     return {"method": method, **combine_directions(*parts), "runs": sources}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML file of deltas over the defaults (configs/retrieval/*.yaml)")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. direction=i2t adapt.steps=1")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(DEFAULTS, args.config, args.overrides)
-    directions = split_directions(cfg["direction"])
-    init_distributed()
-    tag = dataset_tag(cfg["data"]["dataset"])
-    data = build_retrieval_data(cfg["data"])
-    r = cfg["run"]
-    results = {}
-    for direction in directions:
-        one = {**cfg, "direction": direction}
-        out = Path(r["out_dir"]) / f"{tag}_{direction}"
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(one, out / "config.yaml")
-        task = RetrievalTask.from_config(one, data=data)
-        summary = run(task, out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"],
-                      allow_online_sharding=r["allow_online_sharding"], device=resolve_device(r["device"]),
-                      desc=f"{one['method']} {tag} {direction}",
-                      fingerprint=run_fingerprint(one),
-                      meta={"method": one["method"], "direction": direction, "dataset": tag})
-        if summary is not None:
-            m, p = summary["metrics"], "txt" if direction == "i2t" else "img"
-            logger.info("%s %s %s: R@1 %.2f R@5 %.2f R@10 %.2f (%d queries, %d errors)", one["method"], tag, direction,
-                        m.get(f"{p}_r1", float("nan")), m.get(f"{p}_r5", float("nan")),
-                        m.get(f"{p}_r10", float("nan")), summary["n"], summary["errors"])
-            results[direction] = summary
-    if results:
-        combined = collect_results(r["out_dir"], tag, cfg["method"])
-        path = Path(r["out_dir"]) / "results.json"
+def main(argv: Sequence[str] | None = None) -> dict:
+    state: dict = {}
+
+    def units(cfg: dict) -> list[cli.Unit]:
+        tag = dataset_tag(cfg["data"]["dataset"])
+        state["data"] = build_retrieval_data(cfg["data"])   # read once, shared by both directions
+        return [cli.Unit(d, {**cfg, "direction": d}, Path(cfg["run"]["out_dir"]) / f"{tag}_{d}",
+                         {"direction": d, "dataset": tag}) for d in split_directions(cfg["direction"])]
+
+    def report(u: cli.Unit, summary: dict) -> str:
+        m, p = summary["metrics"], "txt" if u.name == "i2t" else "img"
+        return (f"{u.cfg['method']} {u.meta['dataset']} {u.name}: R@1 {m.get(f'{p}_r1', float('nan')):.2f} "
+                f"R@5 {m.get(f'{p}_r5', float('nan')):.2f} R@10 {m.get(f'{p}_r10', float('nan')):.2f}")
+
+    def finish(cfg: dict, results: dict[str, dict]) -> None:
+        tag = dataset_tag(cfg["data"]["dataset"])
+        combined = collect_results(cfg["run"]["out_dir"], tag, cfg["method"])
+        path = Path(cfg["run"]["out_dir"]) / "results.json"
         everything = json.loads(path.read_text()) if path.is_file() else {}
         everything[tag] = combined
         path.write_text(json.dumps(everything, indent=2))
         logger.info("results for %s written to %s", tag, path)
-    return results
+
+    return cli.main(argv, description=__doc__, defaults=DEFAULTS, units=units,
+                    build=lambda u: RetrievalTask.from_config(u.cfg, data=state["data"]), report=report,
+                    finish=finish, desc=lambda u: f"{u.cfg['method']} {u.meta['dataset']} {u.name}", setup=register_all)
 
 
 if __name__ == "__main__":

@@ -21,20 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 import rlcf
 from rlcf.engine import AdaptConfig
 
-from rlcf.reward import input_resolution
+
 
 from ..common.clip import build_clip, resolve_device
 from ..common.clip import build_reward as build_reward_models
 from .data import RetrievalData, build_retrieval_data
 from .metrics import best_rank, direction_metrics, ranked
-from .policies import (
-    ImageToTextPolicy,
-    TextQueryReward,
-    TextToImagePolicy,
-    encode_image_gallery,
-    encode_text_gallery,
-    reward_members,
-)
+from .policies import ImageToTextPolicy, TextToImagePolicy, encode_image_gallery, encode_text_gallery, reward_members
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +46,17 @@ DEFAULTS: dict[str, Any] = {
              "max_images": None},
     "retrieval": {"k_i2t": 20, "k_t2i": 12, "train_logit_scale": True, "truncate": True, "gallery_batch": 256,
                   "top": 10},
-    "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "extra"}
-    | {"steps": 8, "lr": 1e-6, "eps": 1e-6, "weight_decay": 5e-4, "selection": 1.0, "k": None, "extra": {}},
+    "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"}
+    | {"steps": 8, "lr": 1e-6, "eps": 1e-6, "weight_decay": 5e-4, "selection": 1.0, "k": None, "options": {}},
     "run": {"out_dir": "output/retrieval", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
             "device": "auto", "allow_online_sharding": False},
 }
 
 
-def build_reward(cfg: dict, device: torch.device, resolution: int):
+def build_reward(cfg: dict, device: torch.device):
     """:class:`rlcf.CLIPReward`, or :class:`rlcf.EnsembleReward` (RLCF-S) when ``reward.ensemble`` is set.
     No candidate is cached here (see :meth:`RetrievalTask.from_config`)."""
-    return build_reward_models(cfg["reward"], device, resolution)
+    return build_reward_models(cfg["reward"], device)
 
 
 def resolve_adapt(cfg: dict, direction: str, gallery_size: int, device: torch.device) -> AdaptConfig:
@@ -98,19 +91,17 @@ class RetrievalTask:
         method: the adaptation method around an :class:`ImageToTextPolicy` or :class:`TextToImagePolicy`.
         data: the test set.
         direction: ``i2t`` (queries = images) or ``t2i`` (queries = captions).
-        preprocess: PIL image -> ``[3, H, W]`` (i2t queries).
-        tokenizer: ``list[str] -> [N, L]`` of the policy (t2i queries).
-        text_reward: the :class:`TextQueryReward` the method scores with (t2i, methods with a reward).
+        preprocess: PIL image -> ``[3, H, W]`` (i2t queries; t2i queries are the caption strings).
         top: gallery indices stored per query (rank order).
     """
 
-    def __init__(self, method: rlcf.Method, data: RetrievalData, direction: str, preprocess=None, tokenizer=None,
-                 text_reward: TextQueryReward | None = None, top: int = 10) -> None:
+    def __init__(self, method: rlcf.Method, data: RetrievalData, direction: str, preprocess=None,
+                 top: int = 10) -> None:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'")
         self.method, self.data, self.direction = method, data, direction
-        self.preprocess, self.tokenizer, self.text_reward, self.top = preprocess, tokenizer, text_reward, top
-        self.online = not method.episodic or method.config.momentum is not None
+        self.preprocess, self.top = preprocess, top
+        self.online = method.online
 
     @classmethod
     def from_config(cls, cfg: dict, data: RetrievalData | None = None) -> RetrievalTask:
@@ -124,9 +115,8 @@ class RetrievalTask:
         data = data if data is not None else build_retrieval_data(cfg["data"])
         clip, preprocess, tok = build_clip(cfg["model"], device)
         r = cfg["retrieval"]
-        res = input_resolution(clip)
         mcls = rlcf.get_method(cfg["method"])
-        reward = build_reward(cfg, device, res) if mcls.needs_reward else None
+        reward = build_reward(cfg, device) if mcls.needs_reward else None
         if direction == "i2t":
             policy = ImageToTextPolicy(clip, encode_text_gallery(clip, tok, data.texts, r["gallery_batch"]))
             if reward is not None:
@@ -141,8 +131,8 @@ class RetrievalTask:
                 feats = encode_image_gallery(loader, encoders)
             for m, f in zip(members, feats[1:], strict=True):
                 m.set_candidate_features(f)
-            policy = TextToImagePolicy(clip, feats[0], train_logit_scale=r["train_logit_scale"], truncate=r["truncate"])
-            reward = TextQueryReward(reward) if reward is not None else None
+            policy = TextToImagePolicy(clip, feats[0], tok, train_logit_scale=r["train_logit_scale"],
+                                       truncate=r["truncate"])
             gallery_size = data.n_images
         policy = policy.to(device)
         method = rlcf.create_method(cfg["method"], policy, reward, resolve_adapt(cfg, direction, gallery_size, device))
@@ -150,7 +140,7 @@ class RetrievalTask:
         logger.info("%s %s on %s: %d queries, gallery %d, %d trainable parameters, k=%d", cfg["method"], direction,
                     data.name, data.n_images if direction == "i2t" else data.n_texts, gallery_size, n_train,
                     method.config.k)
-        return cls(method, data, direction, preprocess, tok, reward if direction == "t2i" else None, r["top"])
+        return cls(method, data, direction, preprocess, r["top"])
 
     # ------------------------------------------------------------------------ runner contract
     def __len__(self) -> int:
@@ -159,18 +149,16 @@ class RetrievalTask:
     def sample_id(self, i: int) -> str:
         return self.data.image_ids[i] if self.direction == "i2t" else self.data.text_id(i)
 
-    def load(self, i: int) -> torch.Tensor:
-        """i2t: the image ``[3, H, W]``; t2i: the caption's token ids ``[1, L]`` (long)."""
+    def load(self, i: int) -> torch.Tensor | str:
+        """i2t: the image ``[3, H, W]``; t2i: the caption (the policy and the reward tokenise it)."""
         if self.direction == "i2t":
             return self.preprocess(self.data.load_image(i))
-        return self.tokenizer([self.data.texts[i]])
+        return self.data.texts[i]
 
     def ground_truth(self, i: int) -> list[int]:
         return list(self.data.img2txt[i]) if self.direction == "i2t" else [self.data.txt2img[i]]
 
-    def process(self, i: int, sample: torch.Tensor) -> dict:
-        if self.text_reward is not None:
-            self.text_reward.expect(sample, self.data.texts[i])
+    def process(self, i: int, sample: torch.Tensor | str) -> dict:
         with torch.no_grad():
             scores = self.method(sample)                     # [N_gallery]
         gt = self.ground_truth(i)

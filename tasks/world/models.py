@@ -38,8 +38,10 @@ import numpy as np
 import open_clip
 import torch
 
+from tasks.common.clip import zero_shot_classifier
+
 from .splits import WORLD_VERSION, WorldConfig, build_world_dataset, load_split_tensors, materialize_split
-from .train import TrainConfig, class_text_features, init_for_short_training, normalize, train_clip
+from .train import TrainConfig, init_for_short_training, normalize, train_clip
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +183,24 @@ def ensure_world_model(which: str, root: str | Path = "pretrained/world", data_r
         meta = _train_world_model(spec, world, Path(root), data_root, progress)
     else:
         meta = json.loads(sidecar.read_text())
+    _link(Path(root) / f"{which}.pt", pt)
     return {"which": which, "name": spec.name, "path": str(pt), "sidecar": str(sidecar),
             "train_seconds": meta.get("train_seconds"), "train_cpu_seconds": meta.get("train_cpu_seconds"),
             "sha256": meta.get("sha256")}
+
+
+def _link(alias: Path, target: Path) -> None:
+    """``<root>/<which>.pt`` -> the current checkpoint (a relative symlink): the plain open_clip checkpoint path
+    that ``configs/world/*.yaml`` name, next to ``config_file: tasks/world/model_configs/<arch>.json``."""
+    try:
+        if alias.is_symlink() or alias.exists():
+            if alias.is_symlink() and os.readlink(alias) == target.name:
+                return
+            alias.unlink()
+        alias.symlink_to(target.name)
+    except OSError as e:   # e.g. a concurrent rank made it first
+        if not (alias.is_symlink() and os.readlink(alias) == target.name):
+            logger.warning("could not link %s -> %s (%s)", alias, target.name, e)
 
 
 def share(costs: dict[str, float], n: int) -> list[list[str]]:
@@ -225,7 +242,7 @@ def get_world_models(root: str | Path = "pretrained/world", device: str = "cpu",
     barrier()
     if "adversarial" in splits:
         if rank == 0:
-            build_world_dataset("adversarial", data_root, world=world, model_root=root)
+            build_world_dataset("adversarial", data_root, world=world, filter=filter_predictor(root, data_root, world))
         barrier()
     out = {}
     for w in which:
@@ -255,7 +272,7 @@ def filter_predictor(root: str | Path = "pretrained/world", data_root: str | Pat
     world = world or WorldConfig()
     model, _, tok = load_world_clip("filter", root, "cpu", data_root, world)
     rec = ensure_world_model("filter", root, data_root, world)
-    text = class_text_features(model, tok, world.classnames)
+    text = zero_shot_classifier(model, tok, world.classnames)
 
     @torch.no_grad()
     def predict(images: np.ndarray) -> np.ndarray:

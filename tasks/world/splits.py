@@ -251,35 +251,42 @@ class WorldDataset(ImageListDataset):
         self.meta: list[dict] = meta
 
 
-def _filter_extra(root_models: str | Path, data_root: str | Path, world: WorldConfig) -> tuple[Callable, dict]:
-    from .models import filter_predictor
-    predict, ckpt_hash = filter_predictor(root=root_models, data_root=data_root, world=world)
-    return predict, {"filter_sha256": ckpt_hash}
+Filter = tuple[Callable[[np.ndarray], np.ndarray], str]
 
 
 def build_world_dataset(split: str, root: str | Path = "data/world", transform: Callable | None = None,
-                        world: WorldConfig | None = None, model_root: str | Path = "pretrained/world",
-                        templates: Sequence[str] = TEMPLATES) -> WorldDataset:
+                        world: WorldConfig | None = None, templates: Sequence[str] = TEMPLATES,
+                        filter: Filter | None = None) -> WorldDataset:
     """The world split ``split`` as a dataset, materialised under ``root`` on first use.
 
-    ``adversarial`` needs the filter model: it is trained (on ``train``) under ``model_root``
-    when no valid checkpoint is there.
+    ``adversarial`` keeps the candidates that the filter model gets wrong: ``filter`` is its
+    ``(predict, checkpoint hash)`` (:func:`tasks.world.models.filter_predictor`), and the split is rebuilt
+    when it was made with another filter. Without ``filter`` an existing, complete adversarial split is
+    read as it is (``python -m tasks.world`` builds it).
     """
     world = world or WorldConfig()
     if split not in SPLITS:
         raise KeyError(f"unknown world split '{split}', expected one of {SPLITS}")
-    predict, extra = (None, {})
     if split == "adversarial":
-        predict, extra = _filter_extra(model_root, root, world)
-    folder = materialize_split(split, root, world, predict=predict, extra=extra)
+        if filter is None:
+            folder = world_dir(root, world) / split
+            if not _valid(folder, world, {}):
+                from tasks.common.data import MissingDataError
+
+                raise MissingDataError(f"the world's adversarial split is not built under '{folder}': it needs the "
+                                       "filter model; build it with: python -m tasks.world")
+        else:
+            folder = materialize_split(split, root, world, predict=filter[0], extra={"filter_sha256": filter[1]})
+    else:
+        folder = materialize_split(split, root, world)
     return WorldDataset(folder, transform=transform, templates=templates)
 
 
-def load_split_tensors(split: str, root: str | Path = "data/world", world: WorldConfig | None = None,
-                       model_root: str | Path = "pretrained/world") -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+def load_split_tensors(split: str, root: str | Path = "data/world",
+                       world: WorldConfig | None = None) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
     """``(images uint8 (N, 3, H, W), labels long (N,), captions)`` of a world split, from the PNG cache."""
     world = world or WorldConfig()
-    ds = build_world_dataset(split, root, world=world, model_root=model_root)
+    ds = build_world_dataset(split, root, world=world)
     sha = json.loads((Path(ds.root) / split / "manifest.json").read_text())["sha256"]
     return _read_tensors(str(ds.root), tuple(p for p, _ in ds.items), sha) + (ds.captions,)
 

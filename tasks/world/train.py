@@ -1,7 +1,5 @@
-"""Contrastive training of the world's CLIP models, zero-shot evaluation, and the world CLI.
-
-``python -m tasks.world.train`` builds (or reuses) the world splits, trains (or reuses) the filter,
-policy and reward models, and prints the zero-shot accuracy table of all three on every split.
+"""Contrastive training of the world's CLIP models and zero-shot evaluation (the world's command line is
+``python -m tasks.world``: :mod:`tasks.world.__main__`).
 
 Training is the plain CLIP recipe: one random caption of each image, symmetric InfoNCE
 (``open_clip.loss.ClipLoss``) with the learnable temperature, AdamW, linear warm-up then cosine
@@ -11,11 +9,9 @@ same machine and thread count is reproducible.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -28,8 +24,8 @@ from .augment import augment_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train_clip", "init_for_short_training", "normalize", "class_text_features", "zero_shot_predict",
-           "zero_shot_accuracy", "main"]
+__all__ = ["TrainConfig", "train_clip", "init_for_short_training", "normalize", "zero_shot_predict",
+           "zero_shot_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -171,19 +167,6 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
 
 
 @torch.no_grad()
-def class_text_features(model: torch.nn.Module, tokenizer: Callable, classnames: Sequence[str],
-                        templates: Sequence[str] = ("a photo of a {}.",)) -> torch.Tensor:
-    """Normalised class embeddings ``(C, D)``: mean of the normalised template embeddings."""
-    feats = []
-    for c in classnames:
-        t = model.encode_text(tokenizer([tpl.format(c) for tpl in templates]))
-        t = t / t.norm(dim=-1, keepdim=True)
-        t = t.mean(0)
-        feats.append(t / t.norm())
-    return torch.stack(feats)
-
-
-@torch.no_grad()
 def zero_shot_predict(model: torch.nn.Module, images: torch.Tensor, text_features: torch.Tensor,
                       batch_size: int = 256) -> torch.Tensor:
     """Predicted labels ``(N,)`` of ``uint8`` images ``(N, 3, H, W)`` against ``text_features`` ``(C, D)``."""
@@ -199,56 +182,7 @@ def zero_shot_predict(model: torch.nn.Module, images: torch.Tensor, text_feature
 def zero_shot_accuracy(model: torch.nn.Module, tokenizer: Callable, images: torch.Tensor, labels: torch.Tensor,
                        classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",)) -> float:
     """Plain zero-shot accuracy (``logits = image features @ normalised class-prompt features``)."""
-    tf = class_text_features(model, tokenizer, classnames, templates)
+    from tasks.common.clip import zero_shot_classifier
+
+    tf = zero_shot_classifier(model, tokenizer, classnames, templates)
     return float((zero_shot_predict(model, images, tf) == labels).float().mean())
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """CLI: build the world, train/reuse the three models, print the zero-shot table.
-
-    ``python -m torch.distributed.run --standalone --nproc_per_node=2 -m tasks.world.train`` shares the
-    splits and the models between two 1-thread processes (what ``scripts/demo.sh`` does on 2+ cores).
-    """
-    from ..common.runner import dist_info, init_distributed
-    from .models import get_world_models, load_world_clip
-    from .splits import EVAL_SPLITS, WorldConfig, load_split_tensors
-
-    ap = argparse.ArgumentParser(description="Build the embedded world and train its CLIP models.")
-    ap.add_argument("--data-root", default="data/world")
-    ap.add_argument("--model-root", default="pretrained/world")
-    ap.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 2, or 1 per torchrun rank)")
-    ap.add_argument("--splits", nargs="*", default=list(EVAL_SPLITS))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    init_distributed()
-    rank, size = dist_info()
-    torch.set_num_threads(args.threads or (2 if size == 1 else 1))
-    world = WorldConfig()
-    t0 = time.time()
-    info = get_world_models(root=args.model_root, data_root=args.data_root, retrain=args.retrain, world=world,
-                            splits=args.splits)
-    if rank != 0:
-        return {}
-    print(f"models ready in {time.time() - t0:.0f}s")
-    for which, rec in info.items():
-        print(f"  {which:7s} {rec['name']:20s} {rec['path']}  train_seconds={rec.get('train_seconds', 0):.0f}")
-    table: dict[str, dict[str, float]] = {}
-    for which in ("filter", "policy", "reward"):
-        model, _, tok = load_world_clip(which, root=args.model_root, data_root=args.data_root, world=world)
-        for split in args.splits:
-            imgs, labels, _ = load_split_tensors(split, root=args.data_root, world=world, model_root=args.model_root)
-            acc = zero_shot_accuracy(model, tok, imgs, labels, world.classnames)
-            table.setdefault(which, {})[split] = acc
-    ood = ("v2", "sketch", "rendition", "adversarial")
-    header = f"{'model':8s}" + "".join(f"{s:>12s}" for s in args.splits) + f"{'OOD avg':>10s}"
-    print(header)
-    for which, row in table.items():
-        avg = sum(row[s] for s in ood if s in row) / max(1, sum(s in row for s in ood))
-        row["ood_avg"] = avg
-        print(f"{which:8s}" + "".join(f"{100 * row[s]:12.1f}" for s in args.splits) + f"{100 * avg:10.1f}")
-    return table
-
-
-if __name__ == "__main__":
-    main()

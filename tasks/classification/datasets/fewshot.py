@@ -23,17 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.classification.datasets import (
-    NAME_SOURCES,
-    ClassificationDataset,
-    DatasetLayoutError,
-    Template,
-    first_dir,
-    missing_error,
-    names_from_file,
-    resolve_templates,
-)
 from tasks.common.data import MissingDataError
+
+from .base import (NAME_SOURCES, ClassificationDataset, DatasetLayoutError, Template, first_dir, missing_error,
+                   names_from_file, resolve_templates)
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,118 @@
+"""The one command-line helper of every task's ``run`` entry point (classification, retrieval, captioning).
+
+A task's ``run.py`` describes its runs and calls :func:`main`::
+
+    def units(cfg) -> list[Unit]            # one run per dataset / direction / domain, each with its folder
+    def build(unit) -> Task                 # the runner task of that unit
+    def report(unit, summary) -> str        # the one line printed when it is done
+    cli.main(argv, description=__doc__, defaults=DEFAULTS, units=units, build=build, report=report)
+
+:func:`main` parses ``--config CONFIG.yaml key.sub=value ...``, sets up logging (the project's loggers at
+INFO, third-party ones at WARNING unless ``--verbose``), joins the ``torchrun`` process group, and runs
+each unit through :func:`tasks.common.runner.run` (records, resume, sharding, fingerprints). Expected
+errors (:class:`tasks.common.data.UserError`: missing data or weights, a bad config key or override) are
+one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import dump_config, load_config
+from .data import UserError
+
+__all__ = ["Unit", "main", "setup_logging", "run_units", "PROJECT_LOGGERS"]
+
+logger = logging.getLogger("tasks")
+PROJECT_LOGGERS = ("tasks", "rlcf")
+
+
+@dataclass
+class Unit:
+    """One run of a command: its name (a set id, a direction), its full config and output folder."""
+
+    name: str
+    cfg: dict
+    out: Path
+    meta: dict = field(default_factory=dict)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Project loggers at INFO; the root logger (open_clip logs through it), transformers, timm and the
+    rest at WARNING, or everything at INFO with ``verbose``."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    if not verbose:
+        for name in ("transformers", "timm", "open_clip", "urllib3", "PIL", "matplotlib"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*This DataLoader will create.*")
+
+
+def run_units(units: Sequence[Unit], build: Callable[[Unit], Any], report: Callable[[Unit, dict], str] | None = None,
+              desc: Callable[[Unit], str] | None = None) -> dict[str, dict]:
+    """Run every unit (dump its config, build its task, run it resumably); ``{unit name: summary}`` on rank 0."""
+    from .clip import resolve_device, run_fingerprint
+    from .runner import run
+
+    results = {}
+    for u in units:
+        u.out.mkdir(parents=True, exist_ok=True)
+        dump_config(u.cfg, u.out / "config.yaml")
+        task = build(u)
+        r = u.cfg["run"]
+        summary = run(task, u.out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"],
+                      shuffle=r.get("shuffle", "python"), allow_online_sharding=r.get("allow_online_sharding", False),
+                      device=resolve_device(r["device"]), desc=desc(u) if desc else f"{u.cfg['method']} {u.name}",
+                      fingerprint=run_fingerprint(u.cfg), meta={"method": u.cfg["method"], **u.meta})
+        if summary is not None:
+            line = report(u, summary) if report else f"{u.name}: {summary['metrics']}"
+            errors = f", {summary['errors']} errors (metrics over the other {summary['n'] - summary['errors']})" \
+                if summary["errors"] else ""
+            logger.info("%s (%d samples%s) -> %s", line, summary["n"], errors, u.out)
+            results[u.name] = summary
+    return results
+
+
+def main(argv: Sequence[str] | None, *, description: str, defaults: dict, units: Callable[[dict], list[Unit]],
+         build: Callable[[Unit], Any], report: Callable[[Unit, dict], str] | None = None,
+         finish: Callable[[dict, dict[str, dict]], None] | None = None,
+         desc: Callable[[Unit], str] | None = None, setup: Callable[[], Any] | None = None) -> dict[str, dict]:
+    """Parse the command line, run its units, call ``finish(cfg, results)`` on rank 0 (see module docstring).
+    ``setup()`` runs first (the tasks pass :func:`tasks.methods.register_all`).
+
+    Returns ``{unit name: summary}`` (empty on other ranks); exits with code 2 on a :class:`UserError`.
+    """
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file of deltas over the defaults (configs/<task>/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. adapt.steps=1 run.limit=10")
+    ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
+    ap.add_argument("--debug", action="store_true", help="full tracebacks for expected errors")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        from .runner import init_distributed
+
+        if setup is not None:
+            setup()
+        cfg = load_config(defaults, args.config, args.overrides)
+        init_distributed()
+        results = run_units(units(cfg), build, report, desc)
+        if results and finish is not None:
+            finish(cfg, results)
+        return results
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
