@@ -172,7 +172,7 @@ def test_missing_checkpoint_and_lm_name_the_path(tmp_path):
 
     with pytest.raises(MissingDataError, match="nowhere.pt"):
         load_captioner(tmp_path / "nowhere.pt")
-    with pytest.raises(MissingDataError, match="opt-125m.*huggingface-cli download facebook/opt-125m"):
+    with pytest.raises(MissingDataError, match="opt-125m.*hf download facebook/opt-125m"):
         load_pretrained_lm(tmp_path / "opt-125m")
 
 
