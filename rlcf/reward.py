@@ -41,12 +41,18 @@ class Reward(Protocol):
 
 @torch.no_grad()
 def encode_batched(encode: Callable[[Any], Tensor], inputs: Tensor | Sequence[Any], batch_size: int = 256,
-                   normalize: bool = True) -> Tensor:
+                   normalize: bool = True, progress: str | None = None) -> Tensor:
     """``encode`` over ``inputs`` (a tensor or a sequence) in chunks of ``batch_size``: ``[N, D]`` float32,
-    L2-normalised unless ``normalize=False``. The one batched-encode loop of the toolkit."""
+    L2-normalised unless ``normalize=False``; ``progress`` names a progress bar. The one batched-encode loop
+    of the toolkit."""
     if len(inputs) == 0:
         raise ValueError("nothing to encode: empty input")
-    out = [encode(inputs[i:i + batch_size]).float() for i in range(0, len(inputs), batch_size)]
+    starts = range(0, len(inputs), batch_size)
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress, mininterval=5)
+    out = [encode(inputs[i:i + batch_size]).float() for i in starts]
     x = torch.cat(out)
     return F.normalize(x, dim=-1) if normalize else x
 

@@ -76,3 +76,13 @@ run_ret() {
   python -m tasks.retrieval.run --config "$ROOT/$config" "direction=$direction" "run.out_dir=$OUTPUT/retrieval/$name" \
     "$@" "${EXTRA_ARGS[@]}"
 }
+
+# caption_variant BENCH (c2f | c2n): VARIANT="" -> official case 01 (RLCF), VARIANT=s -> case 02 (RLCF-S, the
+# three-model reward ensemble); sets VCFG (the config under configs/captioning/) and CASE.
+caption_variant() {
+  case "${VARIANT:-}" in
+    "") VCFG=$MODEL-$1; CASE=01 ;;
+    s) VCFG=$MODEL-s-$1; CASE=02 ;;
+    *) echo "VARIANT must be empty (RLCF) or s (RLCF-S)" >&2; exit 2 ;;
+  esac
+}

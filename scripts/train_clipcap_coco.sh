@@ -12,25 +12,5 @@
 # Output: $OUTPUT/clipcap_opt125m_transformer_coco_01/ckpt-latest.pt (+ ckpt-epoch*.pt, train_log.jsonl);
 # features cached in $OUTPUT/features/. Rerunning the same command resumes from ckpt-latest.pt.
 set -euo pipefail
-GPU=${1:?usage: bash scripts/train_clipcap_coco.sh GPU_ID [flags]}
-shift
-source "$(dirname "$0")/lib.sh"
 MODE=clipcap
-NAME=clipcap_opt125m_transformer_coco_01
-COCO_ANN=${COCO_ANN:-$DATA_ROOT/coco/annotations/coco_karpathy_train.json}
-COCO_IMAGES=${COCO_IMAGES:-$DATA_ROOT/coco/images}
-
-need "$COCO_ANN" "COCO Karpathy training annotations" \
-  "Get LAVIS coco_karpathy_train.json (or Karpathy's dataset_coco.json, e.g. the Kaggle 'karpathy-splits' mirror), or set COCO_ANN."
-need "$COCO_IMAGES" "COCO 2014 images folder" \
-  "Download train2014.zip and val2014.zip from cocodataset.org and unpack both under it, or set COCO_IMAGES."
-need_opt
-need_clip ViT-B-16
-fail_if_missing
-
-gpu_arg "$GPU"
-cd "$ROOT"
-exec python -m tasks.captioning.train --mode "$MODE" --annotations "$COCO_ANN" --images-root "$COCO_IMAGES" \
-  --clip-arch ViT-B/16 --clip-weights "$PRETRAINED/clip/ViT-B-16.pt" --lm "$PRETRAINED/opt-125m" \
-  --out-dir "$OUTPUT/$NAME" --feature-dir "$OUTPUT/features" \
-  --epochs 10 --batch-size 40 --lr 2e-5 --warmup 5000 "$@"
+source "$(dirname "$0")/../tasks/captioning/train_coco.sh"

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from rlcf.reward import encode_batched
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -88,11 +90,14 @@ def extract_text_features(clip_model: nn.Module, tokenizer: Callable, texts: Seq
                           device: str | torch.device = "cpu", batch_size: int = 1024, amp: bool = True) -> Tensor:
     """``[M, D]`` text embeddings (float32, unnormalised); texts longer than the context are truncated."""
     dev = torch.device(device)
-    out = []
-    for i in tqdm(range(0, len(texts), batch_size), desc="text features", mininterval=5):
+    if len(texts) == 0:
+        return torch.zeros(0)
+
+    def encode(chunk: Sequence[str]) -> Tensor:
         with torch.autocast(dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda"):
-            out.append(clip_model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(dev)).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+            return clip_model.encode_text(tokenizer(list(chunk)).to(dev)).float().cpu()
+
+    return encode_batched(encode, list(texts), batch_size, normalize=False, progress="text features")
 
 
 def build_training_set(items: Sequence[CaptionItem], mode: str, clip_model: nn.Module, preprocess: Callable,

@@ -204,9 +204,11 @@ class PrefixCaptioner(nn.Module):
         """
         return self.pack(self.tokenizer(list(captions), add_special_tokens=False).input_ids, max_tokens)
 
-    def pack(self, token_lists: Sequence[Sequence[int]], max_tokens: int | None = None) -> tuple[Tensor, Tensor]:
-        """Token id lists (no special tokens) -> ``ids [B, L]``, ``mask [B, L]`` as :meth:`encode_captions`."""
-        seqs = [[self.bos_id] + list(t[:max_tokens] if max_tokens is not None else t) + [self.stop_id]
+    def pack(self, token_lists: Sequence[Sequence[int]], max_tokens: int | None = None,
+             stop: bool = True) -> tuple[Tensor, Tensor]:
+        """Token id lists (no special tokens) -> ``ids [B, L]``, ``mask [B, L]`` as :meth:`encode_captions`
+        (``stop=False``: no STOP appended, as the official TTA tokenisation)."""
+        seqs = [[self.bos_id] + list(t[:max_tokens] if max_tokens is not None else t) + ([self.stop_id] if stop else [])
                 for t in token_lists]
         length = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
@@ -254,15 +256,8 @@ class PrefixCaptioner(nn.Module):
         the mean (and are trained). The returned score is minus that per-caption loss, so that the
         method's ``-mean(adv * score)`` equals the official ``mean(rewards * per_caption_loss)``.
         """
-        toks = self.tokenizer(list(captions), add_special_tokens=False).input_ids
-        seqs = [[self.bos_id] + list(t) for t in toks]
-        length = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, :len(s)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = self.pack(self.tokenizer(list(captions), add_special_tokens=False).input_ids, stop=False)
+        length = ids.shape[1]
         prefix = self.prefix(emb)
         p = prefix.shape[1]
         att = torch.cat([torch.ones(mask.shape[0], p, dtype=mask.dtype, device=mask.device), mask], dim=1)

@@ -3,11 +3,7 @@ GPU=${1:?usage: bash scripts/$(basename "$0") GPU_ID [key.sub=value ...]}
 shift
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 NAME=${MODEL}_opt125m_transformer_coco_01
-case "${VARIANT:-}" in   # official case 01 (RLCF) or case 02 (RLCF-S: the three-model reward ensemble)
-  "") VCFG=$MODEL-c2f; CASE=01 ;;
-  s) VCFG=$MODEL-s-c2f; CASE=02 ;;
-  *) echo "VARIANT must be empty (RLCF) or s (RLCF-S)" >&2; exit 2 ;;
-esac
+caption_variant c2f
 CKPT=${CKPT:-$OUTPUT/$NAME/ckpt-latest.pt}
 ANN=${ANN:-$DATA_ROOT/flickr30k/annotations/flickr30k_test.json}
 IMAGES=${IMAGES:-$DATA_ROOT/flickr30k}

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 import rlcf
+from rlcf.reward import encode_batched
 
 from ..common.runner import read_records, run
 from .checkpoint import load_captioner, tiny_captioner
@@ -88,9 +89,8 @@ def load_world_model(spec: str, device: torch.device, data_root: str | Path = "d
 @torch.no_grad()
 def _embed(model: torch.nn.Module, preprocess: Callable, images: Sequence[Image.Image], bs: int = 256) -> torch.Tensor:
     dev = next(model.parameters()).device
-    out = [model.encode_image(torch.stack([preprocess(im) for im in images[i:i + bs]]).to(dev)).float().cpu()
-           for i in range(0, len(images), bs)]
-    return torch.cat(out)
+    return encode_batched(lambda chunk: model.encode_image(torch.stack([preprocess(im) for im in chunk]).to(dev)).cpu(),
+                          list(images), bs, normalize=False)
 
 
 def train_world_captioner(train: WorldSplit, policy_clip, preprocess, out_dir: Path, epochs: int, seed: int = 0):

@@ -170,13 +170,13 @@ def train_clip(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
 def zero_shot_predict(model: torch.nn.Module, images: torch.Tensor, text_features: torch.Tensor,
                       batch_size: int = 256) -> torch.Tensor:
     """Predicted labels ``(N,)`` of ``uint8`` images ``(N, 3, H, W)`` against ``text_features`` ``(C, D)``."""
+    from rlcf.reward import encode_batched
+
     model.eval()
-    preds = []
-    for i in range(0, images.shape[0], batch_size):
-        f = model.encode_image(normalize(images[i:i + batch_size]))
-        f = f / f.norm(dim=-1, keepdim=True)
-        preds.append((f @ text_features.T).argmax(-1))
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    if images.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long)
+    f = encode_batched(lambda x: model.encode_image(normalize(x)), images, batch_size)
+    return (f @ text_features.T.float()).argmax(-1)
 
 
 def zero_shot_accuracy(model: torch.nn.Module, tokenizer: Callable, images: torch.Tensor, labels: torch.Tensor,
