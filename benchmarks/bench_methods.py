@@ -4,10 +4,11 @@
     python benchmarks/bench_methods.py --preset cpu-large       # ViT-B-32 policy / ViT-B-16 reward, CPU
     python benchmarks/bench_methods.py --preset paper --device cuda --amp fp16 --classes 1000,200
                                                                 # ViT-B/16 + ViT-L/14, 64 views (gpu_check.sh)
+    python benchmarks/bench_methods.py --preset medium --batch 1,4,16,32   # batched episodes
 
-Prints a markdown table: method, policy, views, steps, classes, median seconds per sample (after a
-warm-up), peak memory (GPU: ``max_memory_allocated`` per row; CPU: the process's max RSS so far).
-Times never go into tests.
+Prints a markdown table: method, policy, views, steps, classes, batch B, median seconds per sample (after a
+warm-up), samples/s, the ratio to B=1 measured in the same run, peak memory (GPU: ``max_memory_allocated``
+per row; CPU: the process's max RSS so far). Times never go into tests.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from tasks.common.clip import load_clip  # noqa: E402
 FIX = ROOT / "tests" / "fixtures"
 PRESETS = {
     "tiny": dict(arch="RLCF-Tiny-Test", reward="RLCF-Tiny-Reward", classes=200, views=64),
+    "medium": dict(arch="ViT-B-32", reward="ViT-B-32", classes=100, views=16),
     "cpu-large": dict(arch="ViT-B-32", reward="ViT-B-16", classes=200, views=16),
     "paper": dict(arch="ViT-B-16", reward="ViT-L-14", classes=1000, views=64),
 }
@@ -65,8 +67,10 @@ def sync(device: torch.device) -> None:
 
 
 def time_method(method: rlcf.Method, x: torch.Tensor, samples: int, device: torch.device) -> list[float]:
-    """Seconds per call of ``method(x)``, after one warm-up call."""
+    """Seconds per sample of ``method(x)`` (``x``: one sample ``[V, ...]`` or a batch ``[B, V, ...]``), after
+    one warm-up call."""
     times = []
+    per_call = x.shape[0] if x.dim() == 5 else 1
     for i in range(samples + 1):
         sync(device)
         t0 = time.perf_counter()
@@ -74,8 +78,38 @@ def time_method(method: rlcf.Method, x: torch.Tensor, samples: int, device: torc
             method(x)
         sync(device)
         if i > 0:
-            times.append(time.perf_counter() - t0)
+            times.append((time.perf_counter() - t0) / per_call)
     return times
+
+
+PHASES = ("rlcf/policy (image tower)", "rlcf/policy (text tower)", "rlcf/reward", "rlcf/losses (per sample)",
+          "rlcf/backward", "rlcf/optimizer")
+
+
+def profile_phases(method: rlcf.Method, x: torch.Tensor, device: torch.device, label: str) -> dict[str, float]:
+    """Wall time of one batched call split by the engine's phases (``record_function`` labels in
+    ``rlcf/batched.py``); the rest is Python and glue. Phases nest (the reward runs inside the losses)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad():
+        method(x)   # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        with profile(activities=acts) as prof:
+            method(x)
+            sync(device)
+        total = time.perf_counter() - t0
+    out = {p: 0.0 for p in PHASES}
+    for ev in prof.key_averages():
+        if ev.key in out:
+            t = ev.device_time_total if device.type == "cuda" and ev.device_time_total else ev.cpu_time_total
+            out[ev.key] = t / 1e6
+    print(f"\nprofile of one batched call ({label}): {total:.3f} s wall (profiler on)")
+    print("| phase | s | share |\n|---|---|---|")
+    for p, t in out.items():
+        print(f"| {p[5:]} | {t:.3f} | {100 * t / total:.0f}% |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -90,6 +124,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--methods", default=None, help="comma-separated subset, e.g. rlcf,tpt")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--batch", default="1", help="batch sizes B (samples adapted at once), e.g. 1,4,16,32")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the table: where one batched call (the largest B) spends its time, per phase")
     args = ap.parse_args(argv)
     register_all()
     if args.threads:
@@ -106,8 +143,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"preset {args.preset}: policy {p['arch']} ({res}px), reward {p['reward']}, device {device} ({name}), "
           f"amp {args.amp}, threads {torch.get_num_threads()}")
-    print("| method | policy | views | steps | classes | s/sample (median) | peak memory (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    batches = [int(b) for b in args.batch.split(",")]
+    print("| method | policy | views | steps | classes | B | s/sample (median) | samples/s | vs B=1 | peak memory (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     wanted = set(args.methods.split(",")) if args.methods else None
     rows = []
     for n_cls in class_counts:
@@ -123,16 +161,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       else EncoderPolicy(policy_clip, classnames, tok)).to(device)
             cls = rlcf.get_method(mname)
             method = rlcf.create_method(mname, policy, reward if cls.needs_reward else None, amp=args.amp, **over)
-            x = torch.randn(views_n, 3, res, res, device=device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            times = time_method(method, x, args.samples, device)
-            row = {"method": mname, "policy": kind, "views": views_n, "steps": method.config.steps,
-                   "classes": n_cls, "s_per_sample": statistics.median(times), "peak_mb": peak_mb(device),
-                   "precision": method.precision, "device": name}
-            rows.append(row)
-            print(f"| {mname} | {kind} | {views_n} | {row['steps']} | {n_cls} | {row['s_per_sample']:.4f} | "
-                  f"{row['peak_mb']:.0f} |", flush=True)
+            base = None
+            for b in batches:
+                if b > 1 and method.online:
+                    continue   # online methods refuse batching: their stream order is the method
+                x = torch.randn(*((b,) if b > 1 else ()), views_n, 3, res, res, device=device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    times = time_method(method, x, args.samples, device)
+                except torch.OutOfMemoryError:
+                    print(f"| {mname} | {kind} | {views_n} | {method.config.steps} | {n_cls} | {b} | out of memory | | | |",
+                          flush=True)
+                    del x
+                    torch.cuda.empty_cache()
+                    break
+                sps = 1.0 / statistics.median(times)
+                base = sps if b == 1 else base
+                row = {"method": mname, "policy": kind, "views": views_n, "steps": method.config.steps,
+                       "classes": n_cls, "batch": b, "s_per_sample": statistics.median(times), "samples_per_s": sps,
+                       "ratio_to_b1": sps / base if base else None, "peak_mb": peak_mb(device),
+                       "precision": method.precision, "device": name}
+                rows.append(row)
+                ratio = f"{row['ratio_to_b1']:.2f}x" if row["ratio_to_b1"] else "-"
+                print(f"| {mname} | {kind} | {views_n} | {row['steps']} | {n_cls} | {b} | {row['s_per_sample']:.4f} | "
+                      f"{sps:.1f} | {ratio} | {row['peak_mb']:.0f} |", flush=True)
+            if args.profile and max(batches) > 1 and not method.online:
+                profile_phases(method, torch.randn(max(batches), views_n, 3, res, res, device=device), device,
+                               f"{mname} {kind}, {n_cls} classes, B={max(batches)}")
             del method, policy
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

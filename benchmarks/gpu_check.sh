@@ -27,7 +27,7 @@ step() { echo; echo "== $1 ($(( $(date +%s) - T0 )) s)"; }
 step "1/3 CUDA tests"
 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider || status=1
 step "2/3 classification methods, paper size (ViT-B/16 + ViT-L/14, 64 views, fp16)"
-"$PY" benchmarks/bench_methods.py --preset paper --device cuda --amp fp16 --classes 1000,200 --samples 5 \
+"$PY" benchmarks/bench_methods.py --preset paper --device cuda --amp fp16 --classes 1000,200 --samples 3 --batch 1,8,32 --profile \
   --json "$OUTDIR/methods.json" || status=1
 step "3/3 caption TTA, paper size (ClipCap + OPT-125m, K = 10, 4 steps)"
 "$PY" benchmarks/bench_caption.py --preset paper --device cuda --k 10 --steps 4 --images 3 \

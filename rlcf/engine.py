@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -163,6 +163,9 @@ class Method(nn.Module):
     needs_reward: ClassVar[bool] = False
     default_config: ClassVar[AdaptConfig] = AdaptConfig()
     Options: ClassVar[type] = NoOptions
+    #: the loss needs nothing but the policy's logits / rollouts, so B samples can share one batched forward
+    #: (:mod:`rlcf.batched`); ``False``: a batch runs its samples one after the other
+    batchable: ClassVar[bool] = True
 
     def __init__(self, policy: nn.Module, reward: Any = None, config: AdaptConfig | None = None) -> None:
         super().__init__()
@@ -174,7 +177,8 @@ class Method(nn.Module):
             raise ValueError(f"method '{self.name}' needs a reward model (reward=...)")
         if not self.supports(policy):
             raise ValueError(f"method '{self.name}' does not support the policy {type(policy).__name__}")
-        self.params = list(trainable_named_parameters(policy).values())
+        named = trainable_named_parameters(policy)
+        self.param_names, self.params = list(named), list(named.values())
         if self.config.steps > 0 and not self.params:
             raise ValueError(f"method '{self.name}' has steps={self.config.steps} but the policy has no "
                              "trainable parameter (requires_grad=True)")
@@ -186,14 +190,16 @@ class Method(nn.Module):
                          if c.momentum is not None else None)
         self.scaler = None
         self.last_info: dict[str, Any] = {}
+        self.last_infos: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- set-up
-    def _build_optimizer(self) -> torch.optim.Optimizer:
+    def _build_optimizer(self, params: list[Tensor] | None = None) -> torch.optim.Optimizer:
         c = self.config
+        params = self.params if params is None else params
         if c.optimizer == "sgd":
-            return torch.optim.SGD(self.params, lr=c.lr, weight_decay=c.weight_decay)
+            return torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay)
         cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.params, lr=c.lr, weight_decay=c.weight_decay, eps=c.eps)
+        return cls(params, lr=c.lr, weight_decay=c.weight_decay, eps=c.eps)
 
     @property
     def device(self) -> torch.device:
@@ -281,8 +287,12 @@ class Method(nn.Module):
     def make_episode(self, sample: Sample) -> Episode:
         return Episode(self.check_sample(sample), self.config.selection)
 
-    def forward(self, sample: Sample) -> Any:
-        """Adapt on one sample and return its prediction (see class docstring)."""
+    def forward(self, sample: Sample | Sequence[Tensor]) -> Any:
+        """Adapt on one sample and return its prediction (see class docstring). A batch (``[B, V, 3, H, W]``
+        or a list of B view tensors) returns B predictions: :meth:`forward_batch`."""
+        if (isinstance(sample, Tensor) and sample.dim() == 5) or (
+                isinstance(sample, (list, tuple)) and sample and all(isinstance(s, Tensor) for s in sample)):
+            return self.forward_batch(list(sample))
         if torch.is_inference_mode_enabled():
             raise RuntimeError("rlcf adaptation needs autograd: call it under torch.no_grad(), "
                                "not torch.inference_mode()")
@@ -317,6 +327,14 @@ class Method(nn.Module):
         info["precision"] = self.precision
         self.last_info = info
         return pred
+
+    def forward_batch(self, samples: Sequence[Sample]) -> list[Any]:
+        """Adapt B samples at once, each with its own parameters and optimizer state, and return their B
+        predictions, each equal to what it gets alone (:mod:`rlcf.batched`); ``last_infos`` holds one
+        diagnostics dict per sample. Online and momentum methods refuse (their stream order is the method)."""
+        from .batched import adapt_batch
+
+        return adapt_batch(self, samples)
 
     def _adapt(self, ep: Episode, info: dict[str, Any]) -> bool:
         with train_only(self.policy, self.params):

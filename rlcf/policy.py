@@ -84,6 +84,8 @@ class Episode:
         self.query_features: Tensor | None = None
         self._reward_query: Any = None
         self.info: dict[str, Any] = {}
+        self.batch: Any = None            # the BatchContext of a batched episode (rlcf.batched)
+        self.batch_index: int | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -127,12 +129,28 @@ class DiscretePolicy(nn.Module):
     """
 
     query_trainable: bool = False
+    #: B samples can be adapted at once with stacked parameters (rlcf.batched)
+    supports_batch: bool = True
 
     def encode_query(self, x: Any) -> Tensor:
         raise NotImplementedError
 
     def logits(self, q: Tensor, **kw: Any) -> Tensor:
         raise NotImplementedError
+
+    def forward(self, x: Any = None, *, query: Tensor | None = None) -> Tensor:
+        """``logits(encode_query(x))``, or ``logits(query)`` for precomputed query features."""
+        return self.logits(self.encode_query(x) if query is None else query)
+
+    def as_tensor(self, inputs: Tensor | list[str]) -> Tensor:
+        """The episode's inputs as one tensor (stacked across a batch); text policies tokenise here."""
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"{type(self).__name__} takes tensor inputs, got {type(inputs).__name__}")
+        return inputs
+
+    def batch_inputs(self, inputs: list[Tensor | list[str]]) -> Tensor:
+        """``[B, V, ...]``: the B episodes' inputs stacked (text policies may cut the shared padding)."""
+        return torch.stack([self.as_tensor(x) for x in inputs])
 
     # ------------------------------------------------------------------ per-episode helpers
     def frozen_query(self, ep: Episode) -> Tensor:
@@ -154,8 +172,11 @@ class DiscretePolicy(nn.Module):
         Frozen query: all-view logits are computed once with grad and sliced (one text pass).
         Trainable query: views are ranked by a no-grad forward, then only the ``S`` selected views are
         forwarded with grad (identical values for models without batch statistics). ``kw`` goes to
-        :meth:`logits` (e.g. precomputed class features).
+        :meth:`logits` (e.g. precomputed class features). In a batch (``ep.batch``): the episode's slice of
+        the step's batched forward (:class:`rlcf.batched.BatchContext`).
         """
+        if ep.batch is not None:
+            return ep.batch.selected_logits(ep)
         if ep.selected is None:
             if self.query_trainable and ep.selection >= 1.0:   # nothing to rank: every view is kept
                 ep.selected = torch.arange(len(ep), device=self._device())

@@ -100,9 +100,8 @@ class CLIPReward:
         self.resolution = input_resolution(model)
         self.batch_size = batch_size
         self.candidate_feats: Tensor | None = None
-        self._query: Any = None
-        self._query_version: int | None = None
-        self._query_feats: Tensor | None = None
+        self._queries: dict[Any, tuple[Any, int | None, Tensor]] = {}   # key -> (query, version, features)
+        self.cache_size = 8
         self.encode_calls = 0
 
     @property
@@ -146,21 +145,58 @@ class CLIPReward:
     def set_candidate_features(self, feats: Tensor) -> None:
         self.candidate_feats = F.normalize(feats.float().to(self.device), dim=-1)
 
+    @staticmethod
+    def _key(query: Tensor | tuple[str, ...]) -> Any:
+        return ("tensor", id(query)) if isinstance(query, Tensor) else ("text", query)
+
+    def _cached(self, query: Tensor | tuple[str, ...]) -> Tensor | None:
+        hit = self._queries.get(self._key(query))
+        if hit is None:
+            return None
+        q, version, feats = hit
+        if isinstance(query, Tensor) and (q is not query or query._version != version):
+            return None
+        return feats
+
+    def _store(self, query: Tensor | tuple[str, ...], feats: Tensor) -> None:
+        if len(self._queries) >= self.cache_size:
+            self._queries.pop(next(iter(self._queries)))
+        self._queries[self._key(query)] = (query, query._version if isinstance(query, Tensor) else None, feats)
+
+    @staticmethod
+    def _as_key(query: Tensor | str | Sequence[str]) -> Tensor | tuple[str, ...]:
+        if isinstance(query, str):
+            return (query,)
+        return query if isinstance(query, Tensor) else tuple(query)
+
     def query_features(self, query: Tensor | Sequence[str]) -> Tensor:
         """Normalised ``[B, D]`` features of the query rows (images or strings), encoded once per query:
-        the same (unmodified) tensor object, or the same strings, reuse the cached features."""
-        if isinstance(query, str):
-            query = [query]
-        if isinstance(query, Tensor):
-            hit = query is self._query and query._version == self._query_version
+        the same (unmodified) tensor object, or the same strings, reuse the cached features (the last
+        ``cache_size`` queries are kept, so a batch of episodes shares the cache)."""
+        key = self._as_key(query)
+        feats = self._cached(key)
+        if feats is None:
+            feats = self._encode(key if isinstance(key, Tensor) else list(key))
+            self._store(key, feats)
+        return feats
+
+    def prefetch(self, queries: Sequence[Tensor | Sequence[str]]) -> None:
+        """Encode several queries (e.g. the B samples of a batch) in one pass and cache each."""
+        keys = [self._as_key(q) for q in queries]
+        self.cache_size = max(self.cache_size, 2 * len(keys))   # a batch's queries stay cached all its steps
+        todo = [k for k in keys if self._cached(k) is None]
+        if not todo:
+            return
+        if all(isinstance(k, Tensor) and k.is_floating_point() for k in todo):
+            feats = self.encode_images(torch.cat(todo))
+        elif all(not isinstance(k, Tensor) for k in todo):
+            feats = self.encode_texts([t for k in todo for t in k])
         else:
-            query = tuple(query)
-            hit = query == self._query
-        if not hit or self._query_feats is None:
-            self._query_feats = self._encode(query if isinstance(query, Tensor) else list(query))
-            self._query = query
-            self._query_version = query._version if isinstance(query, Tensor) else None
-        return self._query_feats
+            for k in todo:
+                self.query_features(k)
+            return
+        for k, f in zip(todo, feats.split([len(k) for k in todo])):
+            self._store(k, f)
 
     @torch.no_grad()
     def teacher_logits(self, query: Tensor | Sequence[str]) -> Tensor:
@@ -213,6 +249,11 @@ class EnsembleReward:
     def set_candidates(self, candidates: Tensor | Sequence[str]) -> None:
         for r in self.rewards:
             r.set_candidates(candidates)
+
+    def prefetch(self, queries: Sequence[Tensor | Sequence[str]]) -> None:
+        for r in self.rewards:
+            if hasattr(r, "prefetch"):
+                r.prefetch(queries)
 
     def teacher_logits(self, query: Tensor | Sequence[str]) -> Tensor:
         """Weighted sum of the members' teacher logits ``[B, N]``."""

@@ -174,3 +174,30 @@ def test_run_fingerprint_names_the_weights(tmp_path):
     assert run_fingerprint(cfg) != fp
     cfg_tag = {**cfg, "model": {"arch": "ViT-B-16", "pretrained": "openai"}}   # a tag: named by the config itself
     assert run_fingerprint(cfg_tag)["weights"] == {"reward": fp["weights"]["reward"]}
+
+
+def test_batched_run_writes_the_records_of_an_unbatched_one_also_after_a_kill(tmp_path):
+    """run.batch=4 (B samples adapted at once, each with its own prompt) gives the records of run.batch=1
+    (a corrupt image stays an error record alone), and a killed batched run resumes to the same records."""
+    data = make_dtd(tmp_path / "data", corrupt=4)
+    from tasks.classification.run import main
+
+    lr = ("adapt.lr=5e-3",)
+    one, four, part = tmp_path / "one", tmp_path / "four", tmp_path / "part"
+    main(cli_args(data, one, extra=lr))
+    main(cli_args(data, four, extra=lr + ("run.batch=4",)))
+    assert preds(four / "DTD") == preds(one / "DTD")
+    r1, r4 = read_records(one / "DTD"), read_records(four / "DTD")
+    assert all(r1[i].get("confidence") == pytest.approx(r4[i].get("confidence"), abs=1e-5) for i in r1)
+    assert "error" in r4[4] and all("error" not in r4[i] for i in r4 if i != 4)
+    main(cli_args(data, part, extra=lr + ("run.batch=4", "run.limit=5")))
+    with open(part / "DTD" / "records-0.jsonl", "a") as f:
+        f.write('{"index": 7, "pre')                     # killed in the middle of a write
+    main(cli_args(data, part, extra=lr + ("run.batch=auto",)))
+    lines = (part / "DTD" / "records-0.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and len({json.loads(x)["index"] for x in lines}) == 9
+    assert preds(part / "DTD") == preds(one / "DTD")
+    with pytest.raises(ValueError, match="run.batch"):
+        run(type("T", (), {"online": False, "__len__": lambda s: 1, "sample_id": lambda s, i: "x",
+                           "load": lambda s, i: 0, "process_batch": lambda s, i, x: [{}]})(), tmp_path / "bad",
+            batch=0)

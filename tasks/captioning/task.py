@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
              "images_root": "${DATA_ROOT:-data}/flickr30k", "split": "test", "domain": None},
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"} | {"options": {}},
     "run": {"out_dir": "output/captioning/clipcap_c2f", "workers": 2, "limit": None, "shuffle_seed": None,
-            "seed": 0, "device": "auto"},
+            "seed": 0, "device": "auto", "batch": None},
 }
 DEFAULTS["adapt"].update(steps=4, lr=2e-6, weight_decay=0.0, eps=1e-6, k=10, selection=1.0)
 
@@ -132,6 +132,11 @@ class CaptionTask:
                 rec["clip_s" + suffix] = float(clip_s[j])
                 rec["refclip_s" + suffix] = float(ref_s[j]) if ref_s is not None else None
         return rec
+
+    def process_batch(self, indices: list[int], samples: list[torch.Tensor]) -> list[dict]:
+        """``run.batch`` for captions runs the images one after the other: beam search, which cannot share a
+        batch without changing its numerics, is most of the time (see the README's batching section)."""
+        return [self.process(i, s) for i, s in zip(indices, samples)]
 
     def summarize(self, records: list[dict]) -> dict:
         m = caption_metrics(self.items, records, "caption", **self.metric_options)

@@ -42,6 +42,7 @@ class CTPT(Method):
 
     name = "ctpt"
     Options = CTPTOptions
+    batchable = False   # its loss needs the prompt's class features too: a batch runs sample by sample
     default_config = AdaptConfig(steps=1, lr=5e-3, selection=0.1)
 
     @classmethod

@@ -57,9 +57,6 @@ class _ClipPolicy(DiscretePolicy):
         feats = self.class_features() if class_feats is None else class_feats
         return self.clip.logit_scale.exp().float() * q.float() @ feats.t()
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.logits(self.encode_query(images))
-
 
 class PromptPolicy(_ClipPolicy):
     """CoOp-style learnable context (the prompt is the only trainable parameter).

@@ -47,7 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "encoder": {"norm_only": False, "ensemble": False},   # ensemble: average the dataset's templates
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"} | {"options": {}},
     "run": {"out_dir": "output/classification", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
-            "device": "auto", "save_logits": False, "allow_online_sharding": False, "shuffle": "python"},
+            "device": "auto", "save_logits": False, "allow_online_sharding": False, "shuffle": "python",
+            "batch": None},   # batch: samples adapted at once (null = 1, an int, or auto); records are the same
     # per_set: {fnmatch pattern over set ids: config deltas}, applied in order to each set of data.set_id
     # (per-dataset values of TDA, C-TPT, ...). See tasks.common.config.for_set.
     "per_set": {},
@@ -152,9 +153,18 @@ class ClassificationTask:
         views, label = sample
         with torch.no_grad():
             logits = self.method(views)
+        return self._record(label, logits, self.method.last_info)
+
+    def process_batch(self, indices: list[int], samples: list[tuple[torch.Tensor, int]]) -> list[dict]:
+        """B samples adapted at once (``run.batch``), each with its own parameters: the same records."""
+        with torch.no_grad():
+            preds = self.method.forward_batch([views for views, _ in samples])
+        return [self._record(label, logits, info)
+                for (_, label), logits, info in zip(samples, preds, self.method.last_infos)]
+
+    def _record(self, label: int, logits: torch.Tensor, info: dict) -> dict:
         probs = logits.float().softmax(-1)
         top5 = torch.topk(logits, min(5, logits.shape[-1])).indices.tolist()
-        info = self.method.last_info
         rec = {"label": label, "pred": top5[0], "top5": top5, "confidence": float(probs.max()),
                "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision}
         if "mean_reward" in info:

@@ -74,7 +74,8 @@ def run_units(units: Sequence[Unit], build: Callable[[Unit], Any], report: Calla
         summary = run(task, u.out, workers=r["workers"], limit=r["limit"], shuffle_seed=r["shuffle_seed"],
                       shuffle=r.get("shuffle", "python"), allow_online_sharding=r.get("allow_online_sharding", False),
                       device=resolve_device(r["device"]), desc=desc(u) if desc else f"{u.cfg['method']} {u.name}",
-                      fingerprint=run_fingerprint(u.cfg), meta={"method": u.cfg["method"], **u.meta})
+                      fingerprint=run_fingerprint(u.cfg), meta={"method": u.cfg["method"], **u.meta},
+                      batch=r.get("batch"))
         if summary is not None:
             line = report(u, summary) if report else f"{u.name}: {summary['metrics']}"
             errors = f", {summary['errors']} errors (metrics over the other {summary['n'] - summary['errors']})" \

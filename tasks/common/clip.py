@@ -259,7 +259,8 @@ def text_features(clip: nn.Module, tokens: Tensor, truncate: bool = True, chunk:
     the tower runs only up to the last EOT when ``truncate`` (exact under the causal mask)."""
     tokens = tokens.to(clip.positional_embedding.device)
     eot = eot_index(clip, tokens)
-    length = int(eot.max()) + 1 if truncate and clip.attn_mask is not None else tokens.shape[1]
+    batched = torch._C._functorch.is_batchedtensor(tokens)   # under vmap: no data-dependent length
+    length = int(eot.max()) + 1 if truncate and clip.attn_mask is not None and not batched else tokens.shape[1]
     return text_features_from_embeddings(clip, clip.token_embedding(tokens[:, :length]), eot, chunk)
 
 

@@ -53,6 +53,8 @@ class Task(Protocol):
 
     def process(self, i: int, sample: Any) -> dict: ...
 
+    # optional: def process_batch(self, indices: list[int], samples: list) -> list[dict] (run.batch > 1)
+
     def summarize(self, records: list[dict]) -> dict: ...
 
 
@@ -72,7 +74,7 @@ def init_distributed() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
-RUN_BOOKKEEPING = ("out_dir", "workers", "limit", "device", "allow_online_sharding", "save_logits")
+RUN_BOOKKEEPING = ("out_dir", "workers", "limit", "device", "allow_online_sharding", "save_logits", "batch")
 
 
 def result_fingerprint(cfg: dict) -> dict:
@@ -219,10 +221,29 @@ def _peak_memory_mb(device: torch.device | None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def process_one(task: Task, i: int, sample: Any, err: str | None, device: torch.device | None) -> dict:
+    """The record of sample ``i`` (``task.process``, or the error it raised or its loading raised)."""
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"index": i, "id": task.sample_id(i)}
+    if err is None:
+        try:
+            rec.update(task.process(i, sample))
+        except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+            err = f"{type(e).__name__}: {e}"
+            logger.debug("sample %d failed:\n%s", i, traceback.format_exc())
+    if err is not None:
+        rec["error"] = err
+        logger.warning("sample %d (%s): %s", i, rec["id"], err)
+    rec["time"] = time.perf_counter() - t0
+    rec["peak_mem_mb"] = round(_peak_memory_mb(device), 1)
+    return rec
+
+
 def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = None,
         shuffle_seed: int | None = None, allow_online_sharding: bool = False, shuffle: str = "python",
         device: torch.device | None = None, desc: str = "samples", meta: dict | None = None,
-        shard: bool = True, fingerprint: dict | None = None, on_change: str = "error") -> dict | None:
+        shard: bool = True, fingerprint: dict | None = None, on_change: str = "error",
+        batch: int | str | None = None) -> dict | None:
     """Process every pending sample of ``task`` and return the summary (rank 0; ``None`` elsewhere).
 
     Args:
@@ -241,6 +262,9 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
             ``None``: not checked.
         on_change: when ``out_dir`` holds records of another fingerprint: ``"error"`` or ``"restart"``.
         meta: extra fields written to the summary (config, method, ...).
+        batch: samples adapted at once (``task.process_batch``), an int or ``"auto"``
+            (:mod:`tasks.common.batching`); ``None`` / 1: one at a time. Records, resume and sharding stay
+            per sample, and the records equal an unbatched run's.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,28 +291,26 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
     _repair(path)
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if batch not in (None, 1) and online:
+        raise RuntimeError("this method is online (state carried across the stream): its stream order is the "
+                           "method, so it cannot adapt samples in batches; use run.batch=1")
     with open(path, "a", encoding="utf-8") as f:
-        bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, disable=rank != 0, dynamic_ncols=True)
-        for i, sample, err in bar:
-            if i in done:   # online replay
-                if err is None:
-                    task.process(i, sample)
-                continue
-            t0 = time.perf_counter()
-            rec: dict[str, Any] = {"index": i, "id": task.sample_id(i)}
-            if err is None:
-                try:
-                    rec.update(task.process(i, sample))
-                except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-                    err = f"{type(e).__name__}: {e}"
-                    logger.debug("sample %d failed:\n%s", i, traceback.format_exc())
-            if err is not None:
-                rec["error"] = err
-                logger.warning("sample %d (%s): %s", i, rec["id"], err)
-            rec["time"] = time.perf_counter() - t0
-            rec["peak_mem_mb"] = round(_peak_memory_mb(device), 1)
+        def write(rec: dict) -> None:
             f.write(json.dumps(rec) + "\n")
             f.flush()
+
+        bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, disable=rank != 0, dynamic_ncols=True)
+        if batch not in (None, 1):
+            from .batching import process_batched
+
+            process_batched(task, bar, batch, write, device, lambda: round(_peak_memory_mb(device), 1))
+        else:
+            for i, sample, err in bar:
+                if i in done:   # online replay
+                    if err is None:
+                        task.process(i, sample)
+                    continue
+                write(process_one(task, i, sample, err, device))
     if world > 1:
         barrier()
     if rank != 0:

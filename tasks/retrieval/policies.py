@@ -90,9 +90,6 @@ class _RetrievalPolicy(DiscretePolicy):
         with torch.autocast(device_type=q.device.type, enabled=False):
             return self.clip.logit_scale.exp().float() * q.float() @ self.gallery.t()
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.logits(self.encode_query(x))
-
 
 class ImageToTextPolicy(_RetrievalPolicy):
     """Image -> text: the visual tower is trainable, gallery caption features ``[N_txt, D]`` cached.
@@ -140,6 +137,17 @@ class TextToImagePolicy(_RetrievalPolicy):
         self.tokenizer = tokenizer
         self.train_logit_scale = train_logit_scale
         self.truncate = truncate
+
+    def as_tensor(self, inputs: Tensor | list[str]) -> Tensor:
+        """Caption strings -> the policy tokenizer's ids ``[B, L]`` (a batch stacks them)."""
+        return inputs if isinstance(inputs, Tensor) else self.tokenizer(list(inputs)).to(self.gallery.device)
+
+    def batch_inputs(self, inputs: list[Tensor | list[str]]) -> Tensor:
+        """``[B, 1, L]`` token ids of B captions, cut after the batch's last EOT (exact under the causal mask)."""
+        tokens = torch.stack([self.as_tensor(x) for x in inputs])
+        if self.truncate and self.clip.attn_mask is not None:
+            tokens = tokens[..., :int(tokens.argmax(-1).max()) + 1]
+        return tokens
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Every non-visual parameter (official ``only_visual=False``), ``logit_scale`` optionally."""

@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"}
     | {"steps": 8, "lr": 1e-6, "eps": 1e-6, "weight_decay": 5e-4, "selection": 1.0, "k": None, "options": {}},
     "run": {"out_dir": "output/retrieval", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
-            "device": "auto", "allow_online_sharding": False},
+            "device": "auto", "allow_online_sharding": False, "batch": None},
 }
 
 
@@ -161,8 +161,16 @@ class RetrievalTask:
     def process(self, i: int, sample: torch.Tensor | str) -> dict:
         with torch.no_grad():
             scores = self.method(sample)                     # [N_gallery]
+        return self._record(i, scores, self.method.last_info)
+
+    def process_batch(self, indices: list[int], samples: list[torch.Tensor | str]) -> list[dict]:
+        """B queries adapted at once (``run.batch``), each with its own parameters: the same records."""
+        with torch.no_grad():
+            scores = self.method.forward_batch(list(samples))
+        return [self._record(i, s, info) for i, s, info in zip(indices, scores, self.method.last_infos)]
+
+    def _record(self, i: int, scores: torch.Tensor, info: dict) -> dict:
         gt = self.ground_truth(i)
-        info = self.method.last_info
         rec = {"rank": best_rank(scores, gt), "gt": gt, "top": ranked(scores, self.top),
                "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision}
         if "mean_reward" in info:

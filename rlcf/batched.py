@@ -1,0 +1,267 @@
+"""Batched episodes: adapt B test samples at once, each with its own parameters and optimizer state.
+
+The method does not change: B samples, B independent parameter sets, B independent optimisers, and
+each sample's prediction equals what it gets alone (fp32: within float tolerance). How:
+
+* the trainable parameters are stacked into one tensor per parameter, ``[B, ...]``; the policy's real
+  parameters are never touched, so nothing needs restoring;
+* the policy runs once per step for the whole batch: ``torch.func.functional_call`` under
+  ``torch.func.vmap`` over the stacked parameters (encoder tuning, retrieval); for prompt tuning the
+  vmapped call is the text pass over ``B x C`` prompts with per-sample contexts ``[B, n_ctx, W]``;
+* the loss is the *sum* of the per-sample losses, so the ordinary optimizer over the stacked tensors is
+  B independent optimizers (AdamW's update is elementwise; its step count is shared and equal, since every
+  sample takes the same steps; weight decay is elementwise);
+* a sample whose loss goes non-finite leaves the sum and falls back alone to its unadapted prediction;
+* the method's own ``loss`` runs per sample, unchanged: it asks the policy for the selected views' logits,
+  which are slices of the batched computation (:class:`BatchContext`).
+
+Refused (a clear error): online and momentum methods (the stream order is the method), BatchNorm in train
+mode (its batch statistics would mix samples under the stacked forward). Methods whose loss needs more than
+the policy's logits (C-TPT's class features) and generative policies run their samples one after the other
+(same results, no speed-up). fp16: the run's single GradScaler sees the batch's summed loss, so an overflow
+in one sample skips that step for the whole batch (sequentially: for that sample only, and the lower scale
+then applies to the next samples); fp32 and bf16 results equal the sequential ones.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.profiler import record_function
+
+from .episodic import train_only
+from .losses import select_confident
+from .policy import DiscretePolicy, Episode
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .engine import Method
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BatchContext", "adapt_batch", "batch_refusal"]
+
+
+def batch_refusal(method: "Method") -> str | None:
+    """Why ``method`` cannot adapt a batch at once (``None``: it can; a sequential loop is not a refusal)."""
+    if method.online:
+        return (f"method '{method.name}' is online (state carried across the stream): its stream order is the method, "
+                "so it cannot adapt samples in parallel; use run.batch=1")
+    return None
+
+
+def _stackable(method: "Method") -> bool:
+    return (method.config.steps > 0 and isinstance(method.policy, DiscretePolicy) and method.batchable
+            and getattr(method.policy, "supports_batch", True))
+
+
+class BatchContext:
+    """The batched forward of one step, shared by the B episodes of a batch.
+
+    Each episode's ``batch`` attribute points here; :meth:`DiscretePolicy.selected_logits` of an episode
+    in a batch returns its slice of :meth:`selected_logits`, computed once per step for the whole batch.
+    """
+
+    def __init__(self, policy: DiscretePolicy, episodes: Sequence[Episode], stacked: dict[str, Tensor],
+                 reward: Any = None) -> None:
+        self.policy, self.episodes, self.stacked, self.reward = policy, list(episodes), stacked, reward
+        self._logits: Tensor | None = None
+        for b, ep in enumerate(self.episodes):
+            ep.batch, ep.batch_index = self, b
+        self.inputs = policy.batch_inputs([ep.inputs for ep in self.episodes])   # [B, V, ...]
+
+    # --------------------------------------------------------------------- functional calls
+    def _call(self, x: Tensor | None = None, query: Tensor | None = None) -> Tensor:
+        """``policy(x)`` (or ``policy(query=...)``) with the stacked parameters, vmapped over the batch."""
+        from torch.func import functional_call, vmap
+
+        def one(p: dict[str, Tensor], xb: Tensor | None, qb: Tensor | None) -> Tensor:
+            return functional_call(self.policy, p, (xb,), {"query": qb})
+
+        in_dims = (0, 0 if x is not None else None, 0 if query is not None else None)
+        with _vmap_friendly(), record_function("rlcf/policy (image tower)" if x is not None and
+                                               self.policy.query_trainable else "rlcf/policy (text tower)"):
+            return vmap(one, in_dims=in_dims)(self.stacked, x, query)
+
+    def new_step(self) -> None:
+        self._logits = None
+
+    def _frozen_queries(self) -> Tensor:
+        """``[B, V, D]`` query features of every view, one pass for the whole batch (frozen query side)."""
+        p = self.policy
+        if self.episodes[0].query_features is None:
+            flat = self.inputs.flatten(0, 1)
+            with torch.no_grad(), record_function("rlcf/policy (image tower)"):
+                q = p.encode_query(flat).detach()
+            q = q.view(len(self.episodes), -1, q.shape[-1])
+            for ep, qb in zip(self.episodes, q):
+                ep.query_features = qb
+        return torch.stack([ep.query_features for ep in self.episodes])
+
+    def _select(self, ranking_logits: Tensor) -> None:
+        for ep, lg in zip(self.episodes, ranking_logits):
+            ep.selected = (torch.arange(lg.shape[0], device=lg.device) if ep.selection >= 1.0
+                           else select_confident(lg, ep.selection))
+        if hasattr(self.reward, "prefetch"):   # the B samples' reward queries in one pass of the reward model
+            with record_function("rlcf/reward"):
+                self.reward.prefetch([ep.selected_inputs for ep in self.episodes])
+
+    def _gather(self, x: Tensor) -> Tensor:
+        return torch.stack([x[b, ep.selected.to(x.device)] for b, ep in enumerate(self.episodes)])
+
+    def selected_logits(self, ep: Episode) -> Tensor:
+        """Episode ``ep``'s ``[S, C]`` logits of this step (see :meth:`DiscretePolicy.selected_logits`)."""
+        if self._logits is None:
+            p = self.policy
+            if p.query_trainable:
+                if self.episodes[0].selected is None:
+                    if self.episodes[0].selection < 1.0:   # rank the views with the (identical) reset-point weights
+                        with torch.no_grad(), record_function("rlcf/policy (image tower)"):
+                            flat = p.logits(p.encode_query(self.inputs.flatten(0, 1)))
+                        self._select(flat.view(len(self.episodes), -1, flat.shape[-1]))
+                    else:
+                        self._select(torch.zeros(len(self.episodes), self.inputs.shape[1], 1))
+                self._logits = self._call(x=self._gather(self.inputs))
+            else:
+                q = self._frozen_queries()
+                if self.episodes[0].selected is None:
+                    all_logits = self._call(query=q)
+                    self._select(all_logits.detach())
+                    self._logits = self._gather(all_logits)
+                else:
+                    self._logits = self._call(query=self._gather(q))
+        return self._logits[ep.batch_index]
+
+    @torch.no_grad()
+    def predict(self) -> Tensor:
+        """``[B, C]`` float32 predictions of view 0 with each sample's adapted parameters."""
+        p = self.policy
+        if p.query_trainable:
+            return self._call(x=self.inputs[:, :1])[:, 0].float()
+        return self._call(query=self._frozen_queries()[:, :1])[:, 0].float()
+
+
+class _vmap_friendly:
+    """Attention through vmap-able ops: no MultiheadAttention fast path, the math SDPA kernel."""
+
+    def __enter__(self) -> None:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        self._fast = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        self._sdpa = sdpa_kernel(SDPBackend.MATH)
+        self._sdpa.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._sdpa.__exit__(*exc)
+        torch.backends.mha.set_fastpath_enabled(self._fast)
+
+
+def _check_no_train_batchnorm(policy: nn.Module) -> None:
+    bns = [n for n, m in policy.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if bns:
+        raise ValueError(f"batched episodes refuse BatchNorm in train mode ({bns[0]}, ...): its batch statistics "
+                         "would mix the samples; use train_mode=false (BN in eval) or run.batch=1")
+
+
+def adapt_batch(method: "Method", samples: Sequence[Any]) -> list[Any]:
+    """Adapt and predict ``samples`` (each as ``method`` takes one); returns B predictions and sets
+    ``method.last_infos`` (one diagnostics dict per sample) and ``method.last_info`` (the last one)."""
+    reason = batch_refusal(method)
+    if reason is not None:
+        raise ValueError(reason)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("rlcf adaptation needs autograd: call it under torch.no_grad(), not torch.inference_mode()")
+    if not _stackable(method) or len(samples) == 1 or not _same_shape(method, samples):
+        preds, infos = [], []
+        for s in samples:
+            preds.append(method(s))
+            infos.append(method.last_info)
+        method.last_infos = infos
+        return preds
+    t0 = time.perf_counter()
+    policy, c = method.policy, method.config
+    eps = [method.make_episode(s) for s in samples]
+    b_count = len(eps)
+    named = dict(zip(method.param_names, method.params))
+    stacked = {n: p.detach().unsqueeze(0).repeat(b_count, *([1] * p.dim())).requires_grad_(True)
+               for n, p in named.items()}
+    ctx = BatchContext(policy, eps, stacked, method.reward)
+    opt = method._build_optimizer(list(stacked.values()))
+    scaler = method._get_scaler()
+    infos: list[dict[str, Any]] = [{"losses": [], "flags": []} for _ in eps]
+    alive = [True] * b_count
+    modes = [(m, m.training) for m in policy.modules()]
+    try:
+        with torch.enable_grad(), train_only(policy, ()):
+            policy.train(c.train_mode)
+            _check_no_train_batchnorm(policy)
+            for ep in eps:
+                method.begin(ep)
+            for step in range(c.steps):
+                ctx.new_step()
+                total = None
+                with method._autocast(), record_function("rlcf/losses (per sample)"):
+                    for b, ep in enumerate(eps):
+                        if not alive[b]:
+                            continue
+                        loss = method.loss(ep, step)
+                        lv = float(loss.detach())
+                        infos[b]["losses"].append(lv)
+                        if not math.isfinite(lv):
+                            alive[b] = False
+                            continue
+                        total = loss if total is None else total + loss
+                if total is None:
+                    break
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    with record_function("rlcf/backward"):
+                        scaler.scale(total).backward()
+                    scale = scaler.get_scale()
+                    with record_function("rlcf/optimizer"):
+                        scaler.step(opt)
+                        scaler.update()
+                    if scaler.get_scale() < scale:
+                        for b in range(b_count):
+                            if alive[b]:
+                                infos[b]["skipped_steps"] = infos[b].get("skipped_steps", 0) + 1
+                else:
+                    with record_function("rlcf/backward"):
+                        total.backward()
+                    with record_function("rlcf/optimizer"):
+                        opt.step()
+        policy.eval()
+        with torch.no_grad(), method._autocast():
+            batch_pred = ctx.predict()
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    preds = []
+    for b, ep in enumerate(eps):
+        pred = batch_pred[b]
+        if not alive[b] or not torch.isfinite(pred).all():
+            infos[b]["flags"].append("nan_fallback")
+            logger.warning("non-finite loss or prediction during '%s' adaptation of batch sample %d: using its "
+                           "unadapted prediction", method.name, b)
+            with torch.no_grad(), method._autocast():
+                pred = method.predict(method.make_episode(samples[b]))
+        preds.append(pred)
+        infos[b]["selected"] = ep.selected.tolist() if ep.selected is not None else None
+        infos[b].update(ep.info)
+        infos[b]["precision"] = method.precision
+        infos[b]["batch"] = b_count
+    elapsed = time.perf_counter() - t0
+    for info in infos:
+        info["time"] = elapsed / b_count
+    method.last_infos = infos
+    method.last_info = infos[-1]
+    return preds
+
+
+def _same_shape(method: "Method", samples: Sequence[Any]) -> bool:
+    shapes = {tuple(method.policy.as_tensor(method.check_sample(s)).shape) for s in samples}
+    return len(shapes) == 1

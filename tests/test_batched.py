@@ -1,0 +1,171 @@
+"""Batched episodes: B samples adapted at once, each with its own parameters and optimizer state, give what
+each gets alone (tolerance 1e-5 on logits, the same argmax and the same selected views); the model and the
+optimizer are bit-exact after; a NaN sample falls back alone; online methods refuse; the runner's
+``run.batch`` writes the same records, also after a kill and a resume.
+
+Learning rates are near the official scale (prompt 5e-3, encoder 1e-4, retrieval 1e-5; official 7e-3, 1e-5, 1e-6): with Adam, whose update
+normalises by the gradient's magnitude, a much larger one amplifies float noise near zero gradients.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import rlcf
+from conftest import CLASSNAMES, make_clip
+from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
+
+CAPTIONS = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "star")]
+QUERIES = ["a red circle", "two blue stars on a square", "green", "a small yellow triangle on the left",
+           "a star", "the blue square", "red and green", "a circle on a star"]
+
+
+def build(kind: str):
+    clip, _, tok = make_clip()
+    rclip, _, rtok = make_clip("RLCF-Tiny-Reward", 1)
+    reward = rlcf.CLIPReward(rclip, rtok)
+    if kind in ("prompt", "encoder"):
+        reward.set_candidates(class_prompts(CLASSNAMES))
+        policy = PromptPolicy(clip, CLASSNAMES, tok) if kind == "prompt" else EncoderPolicy(clip, CLASSNAMES, tok)
+        return policy, reward, 5e-3 if kind == "prompt" else 1e-4, 0.25
+    if kind == "i2t":
+        from tasks.retrieval.policies import ImageToTextPolicy, encode_text_gallery
+
+        reward.set_candidates(CAPTIONS)
+        return ImageToTextPolicy(clip, encode_text_gallery(clip, tok, CAPTIONS)), reward, 1e-5, 1.0
+    from tasks.retrieval.policies import TextToImagePolicy
+
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        gallery = clip.encode_image(images)
+    reward.set_candidates(images)
+    return TextToImagePolicy(clip, gallery, tok), reward, 1e-5, 1.0
+
+
+def samples(kind: str, n: int, seed: int = 3) -> list:
+    g = torch.Generator().manual_seed(seed)
+    if kind in ("prompt", "encoder"):
+        return list(torch.randn(n, 16, 3, 32, 32, generator=g))
+    if kind == "i2t":
+        return list(torch.randn(n, 3, 32, 32, generator=g))
+    return QUERIES[:n]
+
+
+def _pairs():
+    out = []
+    for kind in ("prompt", "encoder", "i2t", "t2i"):
+        policy = build(kind)[0]
+        for name in rlcf.list_methods():
+            cls = rlcf.get_method(name)
+            if cls.supports(policy) and cls.episodic and cls.default_config.steps > 0:
+                out.append((name, kind))
+    return out
+
+
+def make(name, kind):
+    policy, reward, lr, sel = build(kind)
+    kw = {"lr": lr, "selection": sel}
+    if kind in ("i2t", "t2i"):
+        kw["k"] = 3
+    cls = rlcf.get_method(name)
+    return rlcf.create_method(name, policy, reward if cls.needs_reward else None, **kw)
+
+
+@pytest.mark.parametrize("b", [1, 3, 8])
+@pytest.mark.parametrize("name,kind", _pairs())
+def test_batch_equals_one_at_a_time(name, kind, b):
+    method = make(name, kind)
+    policy = method.policy
+    xs = samples(kind, b)
+    state0 = {k: v.clone() for k, v in policy.state_dict().items()}
+    opt0 = copy.deepcopy(method.optimizer.state_dict())
+    with torch.no_grad():
+        alone, infos = [], []
+        for x in xs:
+            alone.append(method(x))
+            infos.append(method.last_info)
+        together = method.forward_batch(xs)
+    assert len(together) == b and len(method.last_infos) == b
+    for a, t, ia, it in zip(alone, together, infos, method.last_infos):
+        assert torch.allclose(a, t, atol=1e-5, rtol=0), (a - t).abs().max()
+        assert int(a.argmax()) == int(t.argmax())
+        assert ia["selected"] == it["selected"]
+        assert ia["flags"] == it["flags"] == []
+        assert ia["losses"] == pytest.approx(it["losses"], abs=1e-5)
+        if "mean_reward" in ia:
+            assert ia["mean_reward"] == pytest.approx(it["mean_reward"], abs=1e-5)
+    for k, v in policy.state_dict().items():   # the model and the optimizer are bit-exact after the batch
+        assert torch.equal(v, state0[k]), k
+    assert method.optimizer.state_dict() == opt0 or not method.optimizer.state
+    zs = [rlcf.adapt(policy, x, "zeroshot") for x in xs]
+    assert any(not torch.equal(z, t) for z, t in zip(zs, together))    # the batch adapted
+
+
+def test_identical_samples_give_identical_predictions():
+    method = make("rlcf", "encoder")
+    x = samples("encoder", 1)[0]
+    with torch.no_grad():
+        out = method.forward_batch([x] * 4)
+    assert all(torch.equal(out[0], o) for o in out[1:])
+
+
+def test_a_nan_sample_falls_back_alone():
+    method = make("rlcf", "prompt")
+    xs = samples("prompt", 4)
+    with torch.no_grad():
+        alone = [method(x) for x in xs]
+    bad = 2
+
+    class Poisoned:
+        """The real reward, except NaN for the third sample's query."""
+
+        def __init__(self, inner):
+            self.inner, self.poison = inner, None
+
+        def __call__(self, q, c):
+            r = self.inner(q, c)
+            return torch.full_like(r, float("nan")) if q.data_ptr() == self.poison else r
+
+        def prefetch(self, queries):
+            self.poison = queries[bad].data_ptr()
+            self.inner.prefetch(queries)
+
+    method.reward = Poisoned(method.reward)
+    with torch.no_grad():
+        out = method.forward_batch(xs)
+    zs = rlcf.adapt(method.policy, xs[bad], "zeroshot")
+    assert method.last_infos[bad]["flags"] == [rlcf.Flags.NAN_FALLBACK] and torch.equal(out[bad], zs)
+    for b in (0, 1, 3):
+        assert method.last_infos[b]["flags"] == [] and torch.allclose(out[b], alone[b], atol=1e-5, rtol=0)
+
+
+def test_online_methods_and_train_mode_batchnorm_refuse():
+    policy, reward, lr, sel = build("encoder")
+    tda = rlcf.create_method("tda", policy)
+    with pytest.raises(ValueError, match="online"):
+        tda.forward_batch(samples("encoder", 2))
+    momentum = rlcf.create_method("rlcf", policy, reward, lr=lr, selection=sel, momentum=0.9)
+    with pytest.raises(ValueError, match="online"):
+        momentum(torch.stack(samples("encoder", 2)))
+
+    clip, _, tok = make_clip()
+    clip.visual.extra_bn = torch.nn.BatchNorm2d(3)    # a tower with BatchNorm (as the world's ResNets)
+    bn = EncoderPolicy(clip, CLASSNAMES, tok)
+    m = rlcf.create_method("rlcf", bn, reward, lr=lr, selection=sel, train_mode=True)
+    with pytest.raises(ValueError, match="BatchNorm in train mode"):
+        m.forward_batch(samples("encoder", 2))
+    eval_bn = rlcf.create_method("rlcf", bn, reward, lr=lr, selection=sel, train_mode=False)
+    assert len(eval_bn.forward_batch(samples("encoder", 2))) == 2     # BN in eval mode: batched exactly
+
+
+def test_sequential_fallbacks_give_the_same_results():
+    """Methods a batch cannot share (C-TPT: its loss needs the class features too) run sample by sample."""
+    policy, _, _, _ = build("prompt")
+    ctpt = rlcf.create_method("ctpt", policy, None, lr=5e-3, selection=0.25)
+    xs = samples("prompt", 3)
+    with torch.no_grad():
+        alone = [ctpt(x) for x in xs]
+        together = ctpt.forward_batch(xs)
+    assert all(torch.equal(a, t) for a, t in zip(alone, together))
