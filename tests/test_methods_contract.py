@@ -181,7 +181,10 @@ def test_bad_inputs(views):
     with pytest.raises(TypeError, match="float"):
         rlcf.adapt(policy, torch.zeros(4, 3, 32, 32, dtype=torch.uint8), "zeroshot")
     with pytest.raises(TypeError, match="Tensor"):
-        rlcf.adapt(policy, [views], "zeroshot")
+        rlcf.adapt(policy, [[1, 2]], "zeroshot")          # a list of B view tensors is a batch; this is nothing
+    with pytest.raises(TypeError, match="Tensor"):
+        rlcf.adapt(policy, {"views": views}, "zeroshot")
+    assert len(rlcf.adapt(policy, [views], "zeroshot")) == 1   # a batch of one
     with pytest.raises(ValueError, match="larger than the number of candidates"):
         rlcf.adapt(policy, views, "rlcf", reward=reward, k=len(CLASSNAMES) + 1)
     with pytest.raises(ValueError, match="needs a reward"):
