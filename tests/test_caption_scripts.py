@@ -58,7 +58,7 @@ def test_every_script_checks_inputs_and_usage(tmp_path, script):
 
 def _hub_cli() -> str:
     """The download CLI of the installed huggingface_hub: ``hf`` (>= 0.34) or ``huggingface-cli``."""
-    from tasks.captioning.checkpoint import hub_download_command
+    from tasks.common.data import hub_download_command
 
     return hub_download_command("x", "y").split()[0]
 

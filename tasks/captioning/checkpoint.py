@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from tasks.common.data import MissingDataError
+from tasks.common.data import MissingDataError, hub_download_command
 
 from .model import CaptionerConfig, PrefixCaptioner
 
@@ -31,19 +31,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["load_pretrained_lm", "build_word_tokenizer", "tiny_opt", "tiny_captioner", "convert_official_mapper",
            "save_atomic", "captioner_state", "load_captioner", "opt_hint", "hub_download_command"]
-
-def hub_download_command(repo: str, path: str | Path) -> str:
-    """The download command that exists in the installed ``huggingface_hub``: ``hf download`` (hub >= 0.34,
-    where the ``hf`` CLI replaced ``huggingface-cli``, removed in 1.0) or ``huggingface-cli download``."""
-    try:
-        from importlib.metadata import version
-
-        major, minor = (int(x) for x in version("huggingface_hub").split(".")[:2])
-    except Exception:  # noqa: BLE001 - not installed or an odd version string: the current CLI
-        major, minor = 1, 0
-    cli = "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
-    return f"{cli} download {repo} --local-dir {path}"
-
 
 def opt_hint(path: str | Path) -> str:
     """How to get OPT-125m into ``path`` (no download happens here)."""

@@ -16,8 +16,7 @@ from torch import Tensor, nn
 
 from rlcf.policy import DiscretePolicy
 
-from ..common.clip import eot_index as _eot_index
-from ..common.clip import encode_texts, text_features_from_embeddings
+from ..common.text import encode_texts, text_tower
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +62,12 @@ class PromptPolicy(_ClipPolicy):
 
     Prompt of class c: ``[SOS] ctx_1 .. ctx_n {name_c}. [EOS]``, ctx initialised from the token
     embeddings of ``ctx_init`` (``"a photo of a"``, n_ctx = 4) or N(0, 0.02) when ``ctx_init`` is
-    ``None``. The text tower runs only up to the longest prompt, in chunks of ``text_chunk``.
+    ``None``. A causal text tower runs only up to the longest prompt, in chunks of ``text_chunk``.
+    Tokenizers without a start token (SigLIP's) put the context first; bidirectional towers (SigLIP)
+    read their features at the last position, so there the full context runs (no truncation).
 
     Args:
-        clip: open_clip ``CLIP`` (frozen).
+        clip: an open_clip ``CLIP`` / ``CustomTextCLIP`` or an HF wrapper (:mod:`tasks.common.hf_clip`), frozen.
         classnames: C class names.
         tokenizer: open_clip tokenizer.
         n_ctx: context length when ``ctx_init`` is ``None``.
@@ -80,14 +81,17 @@ class PromptPolicy(_ClipPolicy):
     def __init__(self, clip: nn.Module, classnames: Sequence[str], tokenizer: Callable, n_ctx: int = 4,
                  ctx_init: str | None = "a photo of a", text_chunk: int | None = None, truncate: bool = True) -> None:
         super().__init__(clip)
-        width = clip.token_embedding.weight.shape[1]
-        device = clip.token_embedding.weight.device
+        self.tower = tower = text_tower(clip)
+        device = next(clip.parameters()).device
         with torch.no_grad():
+            empty = tower.token_embedding(tokenizer([""]).to(device))
+            width = empty.shape[-1]
+            self.n_prefix = int(tower.end_index(tokenizer([""]).to(device))[0])   # 1: [SOS]; 0: none (SigLIP)
             if ctx_init:
                 ctx_init = ctx_init.replace("_", " ")
                 init_tok = tokenizer([ctx_init]).to(device)
-                n_ctx = int(_eot_index(clip, init_tok)[0]) - 1
-                ctx = clip.token_embedding(init_tok)[0, 1:1 + n_ctx].clone()
+                n_ctx = int(tower.end_index(init_tok)[0]) - self.n_prefix
+                ctx = tower.token_embedding(init_tok)[0, self.n_prefix:self.n_prefix + n_ctx].clone()
                 prefix_text = ctx_init
             else:
                 ctx = torch.randn(n_ctx, width, device=device) * 0.02
@@ -104,16 +108,17 @@ class PromptPolicy(_ClipPolicy):
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """(Re)build the frozen prefix/suffix token embeddings for a new class list."""
         prompts = class_prompts(classnames, self.prompt_prefix + " {}.")
-        clip = self.clip
-        tokens = self.tokenizer(prompts).to(clip.token_embedding.weight.device)
-        eot = _eot_index(clip, tokens)
-        length = int(eot.max()) + 1 if self.truncate and clip.attn_mask is not None else tokens.shape[1]
+        tower = self.tower
+        tokens = self.tokenizer(prompts).to(next(self.clip.parameters()).device)
+        eot = tower.pool_index(tokens)
+        length = int(eot.max()) + 1 if self.truncate and tower.causal else tokens.shape[1]
         with torch.no_grad():
-            emb = clip.token_embedding(tokens[:, :length])
+            emb = tower.token_embedding(tokens[:, :length])
         self.classnames = list(classnames)
         self.tokenized_prompts = tokens
-        self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)
-        self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx:].clone(), persistent=False)
+        p = self.n_prefix
+        self.register_buffer("token_prefix", emb[:, :p].clone(), persistent=False)
+        self.register_buffer("token_suffix", emb[:, p + self.n_ctx:].clone(), persistent=False)
         self.register_buffer("eot", eot, persistent=False)
 
     def load_coop(self, path: str) -> None:
@@ -134,7 +139,7 @@ class PromptPolicy(_ClipPolicy):
         c = self.token_prefix.shape[0]
         ctx = self.ctx.to(self.token_prefix.dtype).unsqueeze(0).expand(c, -1, -1)
         emb = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
-        return F.normalize(text_features_from_embeddings(self.clip, emb, self.eot, self.text_chunk).float(), dim=-1)
+        return F.normalize(self.tower.features_from_embeddings(emb, self.eot, self.text_chunk).float(), dim=-1)
 
 
 class EncoderPolicy(_ClipPolicy):

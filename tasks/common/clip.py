@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import MissingDataError, UserError
+from .text import encode_texts, text_features, text_tower
 
 logger = logging.getLogger(__name__)
 
@@ -215,59 +215,13 @@ def build_reward(reward_cfg: dict, device: torch.device):
 
 
 def eot_index(clip: nn.Module, tokens: Tensor) -> Tensor:
-    pool = getattr(clip, "text_pool_type", "argmax")
-    if pool != "argmax":
-        raise NotImplementedError(f"text_pool_type '{pool}' is not supported (OpenAI-style 'argmax' only)")
-    return tokens.argmax(dim=-1)
+    """``[N]`` positions the text features are read from (:meth:`tasks.common.text.TextTower.pool_index`)."""
+    return text_tower(clip).pool_index(tokens)
 
 
 def text_features_from_embeddings(clip: nn.Module, emb: Tensor, eot: Tensor, chunk: int | None = None) -> Tensor:
-    """Run the text tower of an open_clip ``CLIP`` on token embeddings.
-
-    The sequence may be truncated to any length ``L`` that covers every EOT position: with the
-    causal mask, a token's output depends only on the tokens before it, so the EOT feature is
-    unchanged by the padding after it.
-
-    Args:
-        clip: open_clip ``CLIP`` (built-in text tower).
-        emb: ``[N, L, W]`` token embeddings (``L <= context_length``).
-        eot: ``[N]`` EOT positions (< L).
-        chunk: process at most ``chunk`` sequences at a time (memory on 1000-class sets).
-    Returns:
-        ``[N, D]`` unnormalised text features.
-    """
-    n, length, _ = emb.shape
-    if chunk is not None and n > chunk:
-        return torch.cat([text_features_from_embeddings(clip, emb[i:i + chunk], eot[i:i + chunk])
-                          for i in range(0, n, chunk)])
-    cast = clip.transformer.get_cast_dtype()
-    mask = clip.attn_mask
-    if mask is None and length != clip.positional_embedding.shape[0]:
-        raise ValueError("truncating the text context needs a causal text tower")
-    x = emb.to(cast) + clip.positional_embedding[:length].to(cast)
-    x = clip.transformer(x, attn_mask=None if mask is None else mask[:length, :length])
-    x = clip.ln_final(x)
-    x = x[torch.arange(n, device=x.device), eot]
-    proj = clip.text_projection
-    if proj is not None:
-        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-    return x
-
-
-def text_features(clip: nn.Module, tokens: Tensor, truncate: bool = True, chunk: int | None = None) -> Tensor:
-    """Unnormalised text features ``[N, D]`` of token ids ``[N, context_length]`` (with grad if enabled);
-    the tower runs only up to the last EOT when ``truncate`` (exact under the causal mask)."""
-    tokens = tokens.to(clip.positional_embedding.device)
-    eot = eot_index(clip, tokens)
-    batched = torch._C._functorch.is_batchedtensor(tokens)   # under vmap: no data-dependent length
-    length = int(eot.max()) + 1 if truncate and clip.attn_mask is not None and not batched else tokens.shape[1]
-    return text_features_from_embeddings(clip, clip.token_embedding(tokens[:, :length]), eot, chunk)
-
-
-@torch.no_grad()
-def encode_texts(clip: nn.Module, tokens: Tensor, chunk: int | None = 256, truncate: bool = True) -> Tensor:
-    """Normalised text features ``[N, D]`` (float32) of token ids by a frozen text tower."""
-    return F.normalize(text_features(clip, tokens, truncate, chunk).float(), dim=-1)
+    """``[N, D]`` unnormalised features of token embeddings ``[N, L, W]`` read at ``eot`` (:mod:`tasks.common.text`)."""
+    return text_tower(clip).features_from_embeddings(emb, eot, chunk)
 
 
 WEIGHTS_HINT = ("OpenAI CLIP checkpoints (ViT-B-16.pt, ViT-L-14.pt; for RLCF-S also ViT-L-14-336px.pt and RN50x64.pt) "

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageListDataset", "MissingDataError", "UserError", "require_path"]
+__all__ = ["ImageListDataset", "MissingDataError", "UserError", "require_path", "hub_download_command"]
 
 
 class UserError(Exception):
@@ -34,6 +34,19 @@ class UserError(Exception):
 
 class MissingDataError(UserError, FileNotFoundError):
     """A dataset or checkpoint is not where the configuration says it is."""
+
+
+def hub_download_command(repo: str, path: str | Path) -> str:
+    """The download command that exists in the installed ``huggingface_hub``: ``hf download`` (hub >= 0.34,
+    where the ``hf`` CLI replaced ``huggingface-cli``, removed in 1.0) or ``huggingface-cli download``."""
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(x) for x in version("huggingface_hub").split(".")[:2])
+    except Exception:  # noqa: BLE001 - not installed or an odd version string: the current CLI
+        major, minor = 1, 0
+    cli = "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
+    return f"{cli} download {repo} --local-dir {path}"
 
 
 def require_path(path: str | Path, what: str, hint: str = "") -> Path:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from rlcf.policy import DiscretePolicy
 from rlcf.reward import encode_batched
 
-from ..common.clip import text_features
+from ..common.text import text_features, text_tower
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ __all__ = ["ImageToTextPolicy", "TextToImagePolicy", "encode_tokens", "encode_te
 
 def encode_tokens(clip: nn.Module, tokens: Tensor, truncate: bool = True) -> Tensor:
     """Unnormalised text features ``[N, D]`` of token ids ``[N, L]`` (with grad if enabled); see
-    :func:`tasks.common.clip.text_features` (the tower runs only up to the last EOT)."""
-    if getattr(clip, "text_pool_type", "argmax") != "argmax":
-        return clip.encode_text(tokens.to(clip.token_embedding.weight.device))
+    :func:`tasks.common.text.text_features` (a causal tower runs only up to the last EOT)."""
     return text_features(clip, tokens, truncate)
 
 
@@ -145,8 +143,9 @@ class TextToImagePolicy(_RetrievalPolicy):
     def batch_inputs(self, inputs: list[Tensor | list[str]]) -> Tensor:
         """``[B, 1, L]`` token ids of B captions, cut after the batch's last EOT (exact under the causal mask)."""
         tokens = torch.stack([self.as_tensor(x) for x in inputs])
-        if self.truncate and self.clip.attn_mask is not None:
-            tokens = tokens[..., :int(tokens.argmax(-1).max()) + 1]
+        tower = text_tower(self.clip)
+        if self.truncate and tower.causal:
+            tokens = tokens[..., :int(tower.pool_index(tokens.flatten(0, 1)).max()) + 1]
         return tokens
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
