@@ -128,6 +128,11 @@ def load_annotations(path: str | Path, split: str = "test", domain: str | None =
         split: Karpathy split (ignored by the other formats: a LAVIS file is one split).
         domain: NoCaps domain filter (COCO-format and LAVIS files with a ``domain`` field).
     """
+    from ..common.lists import LIST_SUFFIXES, read_list
+
+    if Path(path).suffix.lower() in LIST_SUFFIXES:   # your own images: path[,reference...] rows
+        return [CaptionItem(str(r.file), Path(r.path).stem, list(r.values)) for r in
+                read_list(path, check_files=True, min_values=0)]
     data = _read_json(path, "caption annotation file")
     if isinstance(data, list):
         items = _from_lavis(data)

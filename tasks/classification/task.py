@@ -36,8 +36,12 @@ DEFAULTS: dict[str, Any] = {
     "model": {"arch": "ViT-B-16", "pretrained": "${PRETRAINED:-pretrained}/clip/ViT-B-16.pt", "config_file": None},
     "reward": {"arch": "ViT-L-14", "pretrained": "${PRETRAINED:-pretrained}/clip/ViT-L-14.pt", "config_file": None,
                "weight": 2.5, "ensemble": None},   # ensemble: list of {arch, pretrained, config_file, confidence}
+    # set_id: a benchmark id (A, V, R, I, K, C/..., Caltech101, ...), world/<split>, or your own data: folder
+    # (root = <folder>/<class>/*.jpg) or list (file = a CSV / JSONL of path,label); classnames: openai (CLIP's
+    # curated ImageNet names; the folder names for `folder`), json, wordnet, or a names file / JSON map.
     "data": {"set_id": "A", "root": "${DATA_ROOT:-data}", "classnames": "openai", "templates": "single", "strict": True,
-             "exclude": None},   # exclude: drop images whose file name contains this substring (TDA's quirk)
+             "exclude": None,    # exclude: drop images whose file name contains this substring (TDA's quirk)
+             "file": None},
     # augmix None = the official rule (fine-grained sets only); augmix_ops official (TPT's op set) | torchvision
     "views": {"n": 64, "augmix": None, "augmix_ops": "official", "resolution": None, "flip": True,
               "scale": [0.08, 1.0]},
@@ -98,8 +102,9 @@ def build_reward(cfg: dict, classnames, device: torch.device):
 def build_dataset_from_config(cfg: dict):
     """The test set of ``cfg["data"]`` from the one dataset registry (``tasks.classification.datasets``)."""
     d = cfg["data"]
+    extra = {"file": d["file"]} if d.get("file") else {}
     ds = build_dataset(d["set_id"], d["root"], classnames_source=d["classnames"], templates=d["templates"],
-                       strict=d["strict"])
+                       strict=d["strict"], **extra)
     if d.get("exclude"):   # TDA's listdir drops every file whose name contains "sh" (plushie_*, shark, ...)
         before = len(ds.items)
         ds.items = [it for it in ds.items if d["exclude"] not in it[0].rsplit("/", 1)[-1]]

@@ -253,11 +253,33 @@ def build_world_data(split: str, root: str | Path = "data", max_words: int = 50)
     return RetrievalData.from_groups(f"world_{split}", ids, ds.captions, ds.load, max_words)
 
 
+def build_list_data(path: str | Path, max_words: int = 50) -> RetrievalData:
+    """Your own retrieval set: a CSV / JSONL list of ``path,caption[,caption...]`` (:mod:`tasks.common.lists`;
+    image paths relative to the list file's folder)."""
+    from ..common.lists import read_list
+
+    rows = read_list(path, check_files=True, min_values=1)
+    files = [r.file for r in rows]
+
+    def load(i: int) -> Image.Image:
+        with Image.open(files[i]) as im:
+            return im.convert("RGB")
+
+    return RetrievalData.from_groups(Path(path).stem, [r.path for r in rows], [list(r.values) for r in rows], load,
+                                     max_words)
+
+
 def build_retrieval_data(cfg: dict) -> RetrievalData:
-    """From the ``data`` config section: ``dataset`` (``coco`` | ``flickr30k`` | ``world/<split>``),
-    ``root``, ``annotations``, ``images``, ``max_words``, ``max_images``."""
+    """From the ``data`` config section: ``dataset`` (``coco`` | ``flickr30k`` | ``world/<split>`` | ``list``,
+    with ``annotations`` the list file), ``root``, ``annotations``, ``images``, ``max_words``, ``max_images``."""
     name = cfg["dataset"]
-    if name.startswith("world/"):
+    if name == "list":
+        if not cfg.get("annotations"):
+            from ..common.lists import ListFileError
+
+            raise ListFileError("data.dataset=list needs data.annotations=<list.csv | list.jsonl> (path,caption,...)")
+        data = build_list_data(cfg["annotations"], cfg["max_words"])
+    elif name.startswith("world/"):
         data = build_world_data(name.split("/", 1)[1], cfg["root"], cfg["max_words"])
     else:
         data = build_file_dataset(name, cfg["root"], cfg.get("annotations"), cfg.get("images"), cfg["max_words"])

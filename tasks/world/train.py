@@ -20,7 +20,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
-from .augment import augment_batch
+from tasks.common.augment import augment_batch
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from tasks.common.data import MissingDataError, UserError
 
 logger = logging.getLogger(__name__)
 
-from . import fewshot, imagenet
+from . import custom, fewshot, imagenet
 from .base import ClassificationDataset
 
 __all__ = ["build_dataset", "list_datasets", "canonical_id", "build_world", "DatasetIdError"]
@@ -48,7 +48,7 @@ def build_world(root: Path, split: str | None = None, transform: Callable | None
 @functools.cache
 def _registry() -> tuple[dict[str, Builder], dict[str, str]]:
     """(canonical id -> builder, lower-case alias -> canonical id); fine-grained sets come from ``fewshot``."""
-    builders = {**imagenet.BUILDERS, **fewshot.BUILDERS, "world": build_world}
+    builders = {**imagenet.BUILDERS, **fewshot.BUILDERS, **custom.BUILDERS, "world": build_world}
     aliases = {k.lower(): k for k in builders}
     aliases.update(imagenet.ALIASES)
     aliases.update(fewshot.ALIASES)
@@ -111,7 +111,7 @@ def build_dataset(set_id: str, data_root: str | Path, transform: Callable | None
     if key == "world":
         options = {**options, "split": rest[0]}
     root = Path(data_root).expanduser()
-    if key != "world" and not root.is_dir():
+    if key not in ("world", "list", "folder") and not root.is_dir():
         raise MissingDataError(f"data root not found at '{root}' (building {set_id!r}); point data_root at the "
                                "folder that holds the dataset folders, e.g. <root>/imagenet-a/<wnid>/")
     ds = _registry()[0][key](root, transform=transform, classnames_source=classnames_source, **options)

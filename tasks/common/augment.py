@@ -1,6 +1,7 @@
-"""Batched training augmentations of the world's CLIP models (torch, per-sample random parameters).
+"""Batched training augmentations for contrastive training (torch, per-sample random parameters).
 
-The *reward* model is trained with heavy augmentation: random resized crop + flip, colour jitter
+Presets (:data:`AUGMENTATIONS`): ``none``, ``light`` (crop + flip), ``heavy`` (below); ``flip=False`` turns
+the horizontal flip off (handwriting, text). The embedded world's *reward* model is trained with heavy augmentation: random resized crop + flip, colour jitter
 (hue rotation, saturation down to grayscale, brightness, mild contrast), inversion, edge maps
 (Sobel magnitude: light edges on a dark ground, or inverted, dark on light) and Gaussian noise:
 generic image operations, the analogue of the web's variety seen by a large CLIP.  Held out on
@@ -34,7 +35,8 @@ def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float,
     s = torch.sqrt(_u(g, b, *scale))
     tx = (1 - s) * _u(g, b, -1, 1)
     ty = (1 - s) * _u(g, b, -1, 1)
-    sx = s * torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0) if flip else s
+    sign = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)   # drawn either way: same stream
+    sx = s * sign if flip else s
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = sx, tx
     theta[:, 1, 1], theta[:, 1, 2] = s, ty
@@ -75,17 +77,18 @@ def edge_map(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (mag * tint).clamp(0, 1)
 
 
-def augment_batch(x: torch.Tensor, g: torch.Generator, kind: str = "heavy") -> torch.Tensor:
+def augment_batch(x: torch.Tensor, g: torch.Generator, kind: str = "heavy", flip: bool = True) -> torch.Tensor:
     """Augment a batch ``(B, 3, H, W)`` in ``[0, 1]``; ``kind`` in :data:`AUGMENTATIONS`.
 
     ``light``: crop + flip.  ``heavy``: crop + flip, colour jitter (p 0.8), then
     edge map (p 0.25), inversion (p 0.5 after an edge map, else 0.1), then Gaussian noise (p 0.3, sigma up to 0.15).
+    ``flip=False``: no horizontal flip (the crop's draws are the same).
     """
     if kind == "none":
         return x
     if kind not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation '{kind}', expected one of {AUGMENTATIONS}")
-    x = random_resized_crop(x, g)
+    x = random_resized_crop(x, g, flip=flip)
     if kind == "light":
         return x
     b = x.shape[0]
