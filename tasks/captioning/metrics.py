@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlcf import clip_score
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["simple_tokenize", "tokenize", "coco_metrics", "spice_status", "clip_scores", "ClipScorer",
@@ -162,8 +164,8 @@ def clip_scores(image_feats: Tensor, cand_feats: Tensor, ref_feats: Sequence[Ten
         ``(clip_s [N], refclip_s [N] or None)``; ``refclip_s = 2 a b / (a + b)`` with ``a = clip_s``,
         ``b = max(max_r cos(cand, ref_r), 0)`` (0 where both are 0).
     """
-    img, cand = F.normalize(image_feats.float(), dim=-1), F.normalize(cand_feats.float(), dim=-1)
-    clip_s = weight * (img * cand).sum(-1).clamp(min=0)
+    cand = F.normalize(cand_feats.float(), dim=-1)
+    clip_s = clip_score(image_feats, cand, weight)
     if ref_feats is None:
         return clip_s, None
     ref_cos = torch.stack([(F.normalize(r.float(), dim=-1) @ c).max() for r, c in zip(ref_feats, cand)])
