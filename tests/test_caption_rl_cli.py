@@ -203,3 +203,44 @@ def test_world_out_dir_of_another_run_is_refused(tmp_path):
     _claim_out_dir(tmp_path / "run", cfg)                              # the same run again: resumes
     with pytest.raises(ValueError, match="another configuration"):
         _claim_out_dir(tmp_path / "run", {**cfg, "world_run": {"n_train": 8000}})
+
+
+def test_vlrm_with_a_local_itm_model_end_to_end(tmp_path):
+    """vlrm.sim=itm through the command line: a tiny BLIP-2 retrieval model saved as a local folder (model,
+    tokenizer, image processor), the images loaded for it, sim = its positive ITM logit."""
+    from transformers import BlipImageProcessor
+
+    from tasks.caption_rl.similarity import ITMSimilarity, load_blip2_itm
+    from tasks.caption_rl.train import main
+    from tasks.captioning.checkpoint import build_word_tokenizer
+    from tasks.common.data import MissingDataError
+    from tests.test_caption_rl_itm import tiny_blip2_itm
+
+    d = tmp_path / "mini"
+    _mini_set(d)
+    texts = [c["caption"] for c in json.loads((d / "train.json").read_text())]
+    tok = build_word_tokenizer(texts)
+    itm = tiny_blip2_itm(len(tok.get_vocab()))
+    folder = tmp_path / "blip2-itm"
+    itm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    model, tok2, proc = load_blip2_itm(folder)
+    px = proc(images=[Image.open(d / "images" / "im0.png").convert("RGB")], return_tensors="pt")["pixel_values"]
+    assert px.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(ITMSimilarity(model, tok2).scores(px, ["a red square ."]),
+                               ITMSimilarity(itm, tok).scores(px, ["a red square ."]))
+    with pytest.raises(MissingDataError, match="blip2-itm-vit-g"):
+        load_blip2_itm(tmp_path / "none")
+    tiny, rew = FIX / "RLCF-Tiny-Test.json", FIX / "RLCF-Tiny-Reward.json"
+    summary = main(["--recipe", "vlrm", f"captioner.checkpoint={d / 'captioner.pt'}", "captioner.lm=null",
+                    "captioner.max_new_tokens=6", "captioner.stop_token=null", "model.arch=RLCF-Tiny-Test",
+                    "model.pretrained=null", f"model.config_file={tiny}", "reward.arch=RLCF-Tiny-Reward",
+                    "reward.pretrained=null", f"reward.config_file={rew}", f"data.annotations={d / 'train.json'}",
+                    f"data.images_root={d / 'images'}", f"data.feature_dir={tmp_path / 'feat'}", "eval.enabled=false",
+                    "vlrm.sim=itm", f"vlrm.itm.path={folder}", "vlrm.ref_mode=captioner", "vlrm.value_width=8",
+                    "optim.steps=1", "optim.batch_size=4", f"run.out_dir={tmp_path / 'run'}", "run.workers=0",
+                    "run.device=cpu"])
+    log = json.loads((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()[0])
+    assert summary["n_train"] == 7 and "sim_itm" in log and log["sim"] == log["sim_itm"]
+    assert "sim_clip" not in log
