@@ -18,6 +18,7 @@ setup(
         "torchvision>=0.16",
         "open_clip_torch>=2.24",
         "transformers>=4.40",
+        "peft>=0.21",
         "timm>=0.9",
         "numpy",
         "tqdm",

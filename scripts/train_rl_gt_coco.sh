@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Ground-truth-guided CLIP RL (Chaffin et al. 2024) of the COCO ClipCap captioner (frozen OPT-125m, trained mapper):
-# 5-beam policy captions + GT + greedy captions, 4th/5th mined neighbours as hard negatives, bidirectional
-# contrastive reward (ViT-B/32), online CLIP-space discriminator (0.94 / 0.06), reward-weighted teacher forcing.
+# Ground-truth-guided CLIP RL (Chaffin et al. 2024) of the COCO ClipCap captioner (frozen OPT-125m, trained mapper),
+# paper presets: one row per GT caption, 5-beam policy captions (no repeated 3-grams) + GT + greedy captions, 4th/5th
+# mined neighbours as hard negatives, bidirectional contrastive reward (ViT-B/32), CLIP-space discriminator (0.94 /
+# 0.06) pre-trained first (2000 batches) then trained online, reward-weighted teacher forcing; evaluation preset
+# chaffin (beam 5, no repeated 3-grams, R@k both directions, Self-BLEU-5). The discriminator alone:
+# python -m tasks.caption_rl.pretrain_disc --config configs/caption_rl/gt_coco.yaml
 #
 #   bash scripts/train_rl_gt_coco.sh GPU_ID [key.sub=value ...]     # GPU_ID: 0, 1, ... or "cpu"
 #
@@ -11,7 +14,8 @@
 #   COCO_ANN      [$DATA_ROOT/coco/annotations/coco_karpathy_train.json]       LAVIS train file or dataset_coco.json
 #   COCO_TEST_ANN [$DATA_ROOT/coco/annotations/coco_karpathy_test.json]        evaluation split (LAVIS test file)
 #   COCO_IMAGES   [$DATA_ROOT/coco/images]                                      folder holding train2014/ and val2014/
-#   CONFIG        [configs/caption_rl/gt_coco.yaml]   e.g. gt_coco_no_disc.yaml or gt_coco_no_gt.yaml (ablations)
+#   CONFIG        [configs/caption_rl/gt_coco.yaml]   e.g. gt_coco_no_disc.yaml or gt_coco_no_gt.yaml (ablations),
+#                                                      gt_coco_train_lm.yaml / gt_coco_lora.yaml (what trains)
 # Output: $OUTPUT/clipcap_opt125m_transformer_coco_01/rl_gt_contrastive_01/ (rl-latest.pt, train_log.jsonl,
 # eval_log.jsonl, captions-step*.json, summary.json, captioner-rl.pt); features and mined neighbours are cached in
 # $OUTPUT/features/. Rerunning the same command resumes from rl-latest.pt.

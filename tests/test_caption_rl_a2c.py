@@ -98,7 +98,7 @@ def test_lora_adapters_switch_and_merge():
     lm = tiny_opt(30, hidden=16, layers=1, heads=2, ffn=32, seed=0)
     ids = torch.tensor([[2, 5, 7, 9]])
     base = lm(input_ids=ids).logits
-    add_lora(lm, ("q_proj", "v_proj"), adapters=("policy", "value"), r=2, alpha=4)
+    lm = add_lora(lm, ("q_proj", "v_proj"), adapters=("policy", "value"), r=2, alpha=4)
     torch.testing.assert_close(lm(input_ids=ids).logits, base)          # B = 0: unchanged
     for p in lora_parameters(lm, "policy") + lora_parameters(lm, "value"):
         torch.nn.init.normal_(p, std=0.5)
@@ -111,5 +111,31 @@ def test_lora_adapters_switch_and_merge():
     assert not torch.allclose(pol, base) and not torch.allclose(both, pol)
     torch.testing.assert_close(lm(input_ids=ids).logits, pol)          # restored after the context
     assert len(lora_parameters(lm, "value")) == 4                       # A and B on q_proj and v_proj
-    merge_lora(lm, "policy")
-    torch.testing.assert_close(lm(input_ids=ids).logits, pol, atol=1e-5, rtol=1e-5)
+    # switching never freezes an adapter the optimiser trains (peft's set_adapter would)
+    assert all(p.requires_grad for p in lora_parameters(lm, "policy") + lora_parameters(lm, "value"))
+    merged = merge_lora(lm, "policy")
+    assert type(merged).__name__ == "OPTForCausalLM"                   # a plain LM again
+    torch.testing.assert_close(merged(input_ids=ids).logits, pol, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_is_peft_and_computes_the_lora_formula():
+    """peft's adapters compute ``W x + (alpha / r) B A x`` on the targeted layers (checked by folding ``B A`` into a
+    copy of the base weights by hand)."""
+    import copy
+
+    from peft import PeftModel
+
+    from tasks.captioning.checkpoint import tiny_opt
+
+    lm = tiny_opt(30, hidden=16, layers=1, heads=2, ffn=32, seed=0)
+    ref = copy.deepcopy(lm)
+    lm = add_lora(lm, ("q_proj",), adapters=("policy",), r=2, alpha=6)
+    assert isinstance(lm, PeftModel)
+    a, b = lora_parameters(lm, "policy")
+    torch.nn.init.normal_(a, std=0.3)
+    torch.nn.init.normal_(b, std=0.3)
+    with torch.no_grad():
+        q = ref.model.decoder.layers[0].self_attn.q_proj
+        q.weight += (6 / 2) * b @ a
+    ids = torch.tensor([[2, 5, 7, 9, 11]])
+    torch.testing.assert_close(lm(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-5, rtol=1e-5)

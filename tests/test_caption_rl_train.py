@@ -7,6 +7,7 @@ import torch
 
 import rlcf
 from tasks.caption_rl.data import RLData, mine_hard_negatives
+from tasks.caption_rl.decoding import DecodingConfig
 from tasks.caption_rl.gt_contrastive import GTContrastiveConfig, GTContrastiveRecipe
 from tasks.caption_rl.loop import LoopConfig, make_optimizer, train_rl, train_step
 from tasks.caption_rl.lora import add_lora
@@ -39,6 +40,15 @@ def _data(n: int = 6) -> RLData:
     return RLData(torch.randn(n, 16, generator=g), reward_feats, [[c, c.upper()] for c in CAPTIONS[:n]], nb)
 
 
+#: tiny-model decodings: the papers' settings with the captioner's own length limit (6 tokens)
+BEAM2 = DecodingConfig(mode="beam", num_beams=2, no_repeat_ngram_size=3)
+GREEDY = DecodingConfig(mode="greedy")
+
+
+def _gt_config(**kw) -> GTContrastiveConfig:
+    return GTContrastiveConfig(policy_decoding=BEAM2, baseline_decoding=GREEDY, **kw)
+
+
 def _snapshot(*modules):
     return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
 
@@ -49,7 +59,7 @@ def _changed(before: dict, module) -> set[str]:
 
 def test_gt_contrastive_step_updates_mapper_and_discriminator_only(reward):
     cap = _captioner()
-    recipe = GTContrastiveRecipe(cap, reward, GTContrastiveConfig(num_beams=2, disc_hidden=(16,), disc_lr=1e-2))
+    recipe = GTContrastiveRecipe(cap, reward, _gt_config(disc_hidden=(16,), disc_lr=1e-2))
     data = _data()
     batch = data.batch(torch.arange(4), negatives=(4, 5))
     assert batch.negative_feats.shape == (8, 48)
@@ -62,6 +72,11 @@ def test_gt_contrastive_step_updates_mapper_and_discriminator_only(reward):
     for key in ("reward_policy", "reward_gt", "disc_acc", "logp_gt", "grad_norm/0"):
         assert key in stats, key
     assert stats["grad_norm/0"] > 0
+    # the logged means obey the reward formula r = 0.94 contrastive + 0.06 D (means are linear)
+    for who, disc in (("policy", "disc_p_policy"), ("gt", "disc_p_gt")):
+        assert stats[f"reward_{who}"] == pytest.approx(0.94 * stats[f"contrastive_{who}"] + 0.06 * stats[disc],
+                                                       abs=1e-6)
+    assert stats["disc_acc"] in {k / 8 for k in range(9)}                 # 8 pairs: 4 real + 4 fake
 
 
 def test_gt_term_uses_the_ground_truth_rewards_and_logprobs(reward):
@@ -73,13 +88,13 @@ def test_gt_term_uses_the_ground_truth_rewards_and_logprobs(reward):
 
     cap = _captioner()
     batch = _data().batch(torch.arange(3), negatives=(4,))
-    cfg = GTContrastiveConfig(num_beams=2, discriminator=False)
-    l1 = GTContrastiveRecipe(cap, reward, cfg).step(batch)
-    no_gt = GTContrastiveConfig(num_beams=2, discriminator=False, gt_term=False)
-    l0 = GTContrastiveRecipe(cap, reward, no_gt).step(batch)
+    l1 = GTContrastiveRecipe(cap, reward, _gt_config(discriminator=False)).step(batch)
+    l0 = GTContrastiveRecipe(cap, reward, _gt_config(discriminator=False, gt_term="none")).step(batch)
+    lpub = GTContrastiveRecipe(cap, reward, _gt_config(discriminator=False, gt_term="public")).step(batch)
     emb = batch.prefix_feats
     policy = generate_rollout(cap, emb, "beam", num_beams=2, no_repeat_ngram_size=3)
     greedy = generate_rollout(cap, emb, "greedy")
+    assert l0.samples == l1.samples == lpub.samples
     assert policy.texts == l1.samples
     feats = encode_reward_texts(reward, policy.texts + batch.captions + greedy.texts, strip_periods=True)
     pool = torch.cat([batch.reward_feats, batch.negative_feats])
@@ -93,13 +108,17 @@ def test_gt_term_uses_the_ground_truth_rewards_and_logprobs(reward):
     torch.testing.assert_close(l0.losses[0][0].detach(), want_policy)
     torch.testing.assert_close(l1.losses[0][0].detach(), want_policy + want_gt)
     assert not torch.allclose(want_gt, want_policy)
+    # the public code: "policy_loss = policy_loss - mean(rewards_policy * mean(logprob_policy))", the policy term twice
+    torch.testing.assert_close(lpub.losses[0][0].detach(), 2 * want_policy)
+    with pytest.raises(ValueError, match="gt_term"):
+        _gt_config(gt_term=False)
 
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_vlrm_step_updates_policy_and_value_not_frozen(reward, lora):
     cap = _captioner(train_lm=False)
     if lora:
-        add_lora(cap.lm, ("q_proj", "v_proj"), adapters=("policy", "value"), r=2, alpha=4)
+        cap.lm = add_lora(cap.lm, ("q_proj", "v_proj"), adapters=("policy", "value"), r=2, alpha=4)
     cfg = VLRMConfig(value_width=16, value_adapter=lora, penalties={"bad_phrases_file": None})
     recipe = VLRMRecipe(cap, reward, cfg)
     batch = _data().batch(torch.arange(4), need_captions=False)
@@ -119,6 +138,9 @@ def test_vlrm_step_updates_policy_and_value_not_frozen(reward, lora):
         assert not changed_lm
     for key in ("policy_loss", "value_loss", "sim", "ref", "noeos", "bad_per_caption", "repeat_per_caption"):
         assert key in stats, key
+    assert stats["sim"] == stats["sim_clip"] and 0 <= stats["sim"] <= 10.0      # 10 * max(cos, 0)
+    assert stats["noeos"] in {k / 4 for k in range(5)} and stats["ref"] < 0       # 4 captions; mean log-probs
+    assert 1 <= stats["tokens"] <= 6                                            # captioner max_new_tokens=6
 
 
 def test_vlrm_value_head_gradient_comes_only_from_the_value_loss(reward):
@@ -131,7 +153,8 @@ def test_vlrm_value_head_gradient_comes_only_from_the_value_loss(reward):
     assert all(g is None for g in torch.autograd.grad(lv, policy, allow_unused=True, retain_graph=True))
     assert any(g is not None for g in torch.autograd.grad(lv, value, allow_unused=True, retain_graph=True))
     assert any(g is not None for g in torch.autograd.grad(lp, policy, allow_unused=True))
-    assert "phi_abs" in res.stats
+    # Phi is standardised over the 4 captions (unbiased std: sum Phi^2 = 3), so 0 < mean |Phi| <= sqrt(3 / 4)
+    assert 0 < res.stats["phi_abs"] <= (3 / 4) ** 0.5 + 1e-6
 
 
 def test_training_loop_resumes_exactly(reward, tmp_path):

@@ -24,11 +24,13 @@ class Batch:
     """One training batch of ``B`` images.
 
     Attributes:
-        index: ``[B]`` rows of the training set.
+        index: ``[B]`` images (rows of the per-image tensors of :class:`tasks.caption_rl.data.RLData`).
         prefix_feats: ``[B, Dp]`` captioner inputs (policy-CLIP image embeddings).
         reward_feats: ``[B, Dr]`` reward-CLIP image embeddings.
         captions: ``B`` ground-truth captions (one per image) or ``None`` (unsupervised recipes).
         negative_feats: ``[B * k, Dr]`` reward-CLIP embeddings of mined hard-negative images, or ``None``.
+        pixels: ``[B, 3, H, W]`` images preprocessed for a pixel-reading reward (an ITM head), or ``None``.
+        extra_feats: other per-image embeddings by name, e.g. ``{"phi": [B, Dphi]}`` (VLRM-RS's own CLIP).
     """
 
     index: Tensor
@@ -36,9 +38,24 @@ class Batch:
     reward_feats: Tensor
     captions: list[str] | None = None
     negative_feats: Tensor | None = None
+    pixels: Tensor | None = None
+    extra_feats: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    def subset(self, rows: slice) -> Batch:
+        """The images ``rows`` of the batch (their captions, pixels, extra features; negatives image-major)."""
+        n = len(self)
+        idx = torch.arange(n)[rows]
+        neg = None
+        if self.negative_feats is not None:
+            k = self.negative_feats.shape[0] // n
+            neg = self.negative_feats.view(n, k, -1)[idx].reshape(len(idx) * k, -1)
+        return Batch(self.index[idx], self.prefix_feats[idx], self.reward_feats[idx],
+                     None if self.captions is None else [self.captions[i] for i in idx.tolist()], neg,
+                     None if self.pixels is None else self.pixels[idx],
+                     {k: v[idx] for k, v in self.extra_feats.items()})
 
 
 @dataclass
@@ -48,6 +65,7 @@ class StepResult:
     losses: list[tuple[Tensor, list[nn.Parameter]]]
     stats: dict[str, float] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
+    weight: float = 1.0     # share of the batch (micro-batches: the loop averages their stats with it)
 
 
 class Recipe(Protocol):
@@ -59,7 +77,10 @@ class Recipe(Protocol):
         """Named groups of trainable parameters (``"policy"``, and ``"value"`` for A2C)."""
 
     def step(self, batch: Batch) -> StepResult:
-        """Roll out, score, and return the losses (side updates, e.g. a discriminator, happen here)."""
+        """Roll out, score, and return the losses (side updates, e.g. a discriminator, happen here).
+
+        A recipe may also offer ``chunked_steps(batch, micro_batch) -> Iterator[StepResult]`` (gradient
+        accumulation over micro-batches, ``optim.micro_batch``)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Recipe-owned state besides the captioner (value head, discriminator and its optimiser)."""

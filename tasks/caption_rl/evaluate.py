@@ -1,6 +1,7 @@
-"""Evaluation of an RL-trained captioner: one beam-search caption per test image, then distinctiveness
-(CLIP Recall t2i, i2t retrieval), collapse (Self-BLEU, vocabulary, length) and, with references, the COCO
-n-gram metrics (:func:`tasks.captioning.metrics.coco_metrics`)."""
+"""Evaluation of an RL-trained captioner: one caption per test image (the evaluation decoding of the recipe's
+config, e.g. VLRM's beam 5 / no repeated 2-grams / 4-60 tokens), then distinctiveness (CLIP Recall t2i, i2t
+retrieval), collapse (Self-BLEU, vocabulary, length) and, with references, the COCO n-gram metrics
+(:func:`tasks.captioning.metrics.coco_metrics`). The presets of the papers are in :mod:`.presets`."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from tasks.captioning.metrics import coco_metrics
 from tasks.captioning.model import PrefixCaptioner
 
+from .decoding import DecodingConfig, resolve_decoding
 from .metrics import distinctiveness_metrics
 from .rollout import generate_rollout
 
@@ -41,29 +43,38 @@ class EvalSet:
 
 
 @torch.no_grad()
-def generate_captions(captioner: PrefixCaptioner, feats: Tensor, num_beams: int = 5, no_repeat_ngram_size: int = 0,
+def generate_captions(captioner: PrefixCaptioner, feats: Tensor, decoding: DecodingConfig | str | int = "captioner",
                       batch_size: int = 64, lowercase: bool = True) -> list[str]:
-    """One beam-search caption per row of ``feats [N, D]`` (``num_beams`` 1: greedy)."""
+    """One caption per row of ``feats [N, D]`` with ``decoding`` (a config, a preset name, or a beam width: 1 is
+    greedy)."""
+    if isinstance(decoding, int):
+        decoding = DecodingConfig(mode="beam" if decoding > 1 else "greedy", num_beams=max(1, decoding))
+    decoding = resolve_decoding(decoding)
     out: list[str] = []
-    mode = "beam" if num_beams > 1 else "greedy"
     for s in range(0, feats.shape[0], batch_size):
-        r = generate_rollout(captioner, feats[s:s + batch_size].to(captioner.device), mode, num_beams=num_beams,
-                             no_repeat_ngram_size=no_repeat_ngram_size)
+        r = generate_rollout(captioner, feats[s:s + batch_size].to(captioner.device), decoding)
         out += [t.lower() if lowercase else t for t in r.texts]
     return out
 
 
 def evaluate_captioner(captioner: PrefixCaptioner, data: EvalSet, model: nn.Module, tokenizer: Callable,
-                       num_beams: int = 5, no_repeat_ngram_size: int = 0, coco: bool = True,
-                       metric_options: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """``(metrics, captions)``: :func:`distinctiveness_metrics` plus COCO metrics when references exist."""
+                       decoding: DecodingConfig | str | int = "captioner", coco: bool = True,
+                       metric_options: dict[str, Any] | None = None, self_bleu_n: int | None = None,
+                       strip_periods: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """``(metrics, captions)``: :func:`distinctiveness_metrics` plus COCO metrics when references exist.
+
+    Args:
+        decoding: the evaluation decoding (the recipe config's ``eval.decoding``).
+        self_bleu_n, strip_periods: Chaffin et al.'s Self-BLEU-5 and period stripping (``eval.preset=chaffin``).
+    """
     was_training = captioner.training
     captioner.eval()
     try:
-        caps = generate_captions(captioner, data.prefix_feats, num_beams, no_repeat_ngram_size)
+        caps = generate_captions(captioner, data.prefix_feats, decoding)
     finally:
         captioner.train(was_training)
-    metrics: dict[str, Any] = distinctiveness_metrics(caps, data.eval_feats, model, tokenizer)
+    metrics: dict[str, Any] = distinctiveness_metrics(caps, data.eval_feats, model, tokenizer,
+                                                      self_bleu_n=self_bleu_n, strip_periods=strip_periods)
     if coco and all(data.references):
         opts = {"tokenizer": "auto", "meteor": "auto", "spice": False, **(metric_options or {})}
         refs = {str(i): r for i, r in enumerate(data.references)}
@@ -73,15 +84,16 @@ def evaluate_captioner(captioner: PrefixCaptioner, data: EvalSet, model: nn.Modu
 
 
 def make_evaluator(captioner: PrefixCaptioner, data: EvalSet, model: nn.Module, tokenizer: Callable,
-                   out_dir: str | Path, num_beams: int = 5, coco: bool = True,
-                   metric_options: dict[str, Any] | None = None) -> Callable[[int], dict]:
+                   out_dir: str | Path, decoding: DecodingConfig | str | int = "captioner", coco: bool = True,
+                   metric_options: dict[str, Any] | None = None, self_bleu_n: int | None = None,
+                   strip_periods: bool = False) -> Callable[[int], dict]:
     """``evaluate(step) -> metrics`` for :func:`tasks.caption_rl.loop.train_rl`; writes
     ``captions-step<step>.json`` (``[{"image_id", "caption"}]``)."""
     out = Path(out_dir)
 
     def evaluate(step: int) -> dict:
-        metrics, caps = evaluate_captioner(captioner, data, model, tokenizer, num_beams, coco=coco,
-                                           metric_options=metric_options)
+        metrics, caps = evaluate_captioner(captioner, data, model, tokenizer, decoding, coco, metric_options,
+                                           self_bleu_n, strip_periods)
         out.joinpath(f"captions-step{step}.json").write_text(
             json.dumps([{"image_id": i, "caption": c} for i, c in zip(data.ids, caps)]))
         logger.info("eval step %d: t2i R@1 %.3f MRR %.3f, i2t R@1 %.3f, self-BLEU %.1f, vocab %d, length %.1f",
@@ -90,4 +102,3 @@ def make_evaluator(captioner: PrefixCaptioner, data: EvalSet, model: nn.Module, 
         return metrics
 
     return evaluate
-

@@ -1,16 +1,21 @@
 """Ground-truth-guided CLIP RL (Chaffin, Kijak, Claveau 2024) on the prefix captioner.
 
-Per batch of ``B`` images:
+Per batch of ``B`` caption rows (one ground-truth caption each):
 
-1. texts of the pool: the policy caption of each image (5-beam search with no repeated 3-grams, or a sample),
-   its ground-truth caption, and optionally a greedy caption (a baseline only);
+1. texts of the pool: the policy caption of each image (``policy_decoding``: 5-beam search with no repeated
+   3-grams), its ground-truth caption, and optionally a greedy caption (``baseline_decoding``, a baseline only);
 2. images of the pool: the ``B`` images plus their mined hard negatives (the 4th and 5th nearest neighbours);
 3. the bidirectional contrastive reward of every policy and ground-truth pair (scale 100, clamp 16);
-4. the CLIP-space discriminator scores the (image, caption) pairs, then takes one BCE step (GT real,
-   policy fake); its human probability is a reward term: ``r = 0.94 * contrastive + 0.06 * D``;
+4. the CLIP-space discriminator (pre-trained: :mod:`.pretrain_disc`) scores the (image, caption) pairs, then takes
+   one BCE step (GT real, policy fake); its human probability is a reward term: ``r = 0.94 * contrastive + 0.06 * D``;
 5. loss = ``-mean(r_policy * meanlogp(policy))`` ``- mean(r_gt * meanlogp(GT))``: REINFORCE on the policy captions
    plus *reward-weighted teacher forcing* on the ground-truth captions, each with **its own** rewards and
-   log-probabilities (the published code repeats the policy term in place of the second one; not copied).
+   log-probabilities (``gt_term="paper"``).
+
+``gt_term``: the published code (every commit) computes ``logprob_gt`` / ``rewards_gt`` but adds the policy term a
+second time where the GT term belongs, so it trains with no GT term: ``"none"`` drops the term (the public code's
+behaviour up to a factor 2 on the loss, which Adam ignores but gradient clipping does not), ``"public"`` repeats
+the policy term exactly as that code does. Published numbers may come from the run without the GT term.
 
 Rewards go through :func:`rlcf.compute_advantages` (baseline ``"none"``: the paper's batch-contrastive reward
 is already its own baseline) and losses through :func:`rlcf.reinforce_logprob`.
@@ -18,7 +23,7 @@ is already its own baseline) and losses through :func:`rlcf.reinforce_logprob`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +34,7 @@ from tasks.captioning.model import PrefixCaptioner
 
 from .common import Batch, StepResult, detach_stats, encode_reward_texts, policy_parameters
 from .contrastive import bidirectional_contrastive_reward, cosine_matrix
+from .decoding import DecodingConfig, resolve_decoding
 from .discriminator import CLIPDiscriminator, discriminator_step
 from .rollout import forward_tokens, generate_rollout, rollout_from_texts, sequence_mean_logprob
 
@@ -37,32 +43,34 @@ logger = logging.getLogger(__name__)
 __all__ = ["GTContrastiveConfig", "GTContrastiveRecipe"]
 
 
+GT_TERMS = ("paper", "none", "public")
+
+
 @dataclass
 class GTContrastiveConfig:
     """Options of the recipe (defaults: the paper / its public code).
 
     Attributes:
-        candidates: policy captions by ``"beam"`` (paper) or ``"sample"`` (top-k / temperature below).
-        num_beams, no_repeat_ngram_size: beam search of the policy captions (5, 3).
-        top_k, temperature: sampling options when ``candidates == "sample"``.
+        policy_decoding: how the policy captions are generated (preset ``chaffin_policy``: 5 beams, no repeated
+            3-grams, 50 new tokens, bad-words filter).
+        baseline_decoding: the greedy baseline caption (preset ``chaffin_baseline``: greedy, 50 new tokens, no n-gram
+            blocking, as the public code).
         greedy_baseline: add a greedy caption per image to the pool (a baseline, not rewarded).
         negatives: 1-based ranks of the mined neighbours used as hard-negative images (4th and 5th).
         scale, clamp: contrastive logit scale (100) and per-direction clamp (16).
         include_self, directions: contrastive variants (see :func:`bidirectional_contrastive_reward`).
         contrastive_weight, disc_weight: reward weights (0.94 / 0.06).
         discriminator: train and use the discriminator (ablation: ``False`` drops the term).
-        gt_term: add the reward-weighted teacher forcing loss (ablation: ``False``).
+        gt_term: ``"paper"`` (reward-weighted teacher forcing on the GT captions), ``"none"`` or ``"public"`` (the
+            published code: the policy term twice), see the module docstring.
         disc_lr, disc_hidden: discriminator optimiser (Adam 7e-5) and widths (512, 256).
         baseline: :func:`rlcf.compute_advantages` baseline over the batch (``"none"`` = paper, or ``"batch"``).
         strip_periods: remove periods before CLIP tokenisation (public code).
         max_gt_tokens: cut ground-truth captions to this many tokens (``None``: keep all).
     """
 
-    candidates: str = "beam"
-    num_beams: int = 5
-    no_repeat_ngram_size: int = 3
-    top_k: int = 0
-    temperature: float = 1.0
+    policy_decoding: DecodingConfig = field(default_factory=lambda: resolve_decoding("chaffin_policy"))
+    baseline_decoding: DecodingConfig = field(default_factory=lambda: resolve_decoding("chaffin_baseline"))
     greedy_baseline: bool = True
     negatives: tuple[int, ...] = (4, 5)
     scale: float = 100.0
@@ -72,12 +80,20 @@ class GTContrastiveConfig:
     contrastive_weight: float = 0.94
     disc_weight: float = 0.06
     discriminator: bool = True
-    gt_term: bool = True
+    gt_term: str = "paper"
     disc_lr: float = 7e-5
     disc_hidden: tuple[int, ...] = (512, 256)
     baseline: str = "none"
     strip_periods: bool = True
     max_gt_tokens: int | None = 60
+
+    def __post_init__(self) -> None:
+        if self.gt_term not in GT_TERMS:
+            raise ValueError(f"gt_term must be one of {list(GT_TERMS)}, got {self.gt_term!r}")
+        if self.baseline not in ("none", "batch"):
+            raise ValueError(f"baseline must be 'none' or 'batch' (one caption per image), got '{self.baseline}'")
+        self.policy_decoding = resolve_decoding(self.policy_decoding, "chaffin_policy", "gt.decoding.policy")
+        self.baseline_decoding = resolve_decoding(self.baseline_decoding, "chaffin_baseline", "gt.decoding.baseline")
 
 
 class GTContrastiveRecipe:
@@ -91,30 +107,22 @@ class GTContrastiveRecipe:
     """
 
     def __init__(self, captioner: PrefixCaptioner, reward: CLIPReward, config: GTContrastiveConfig | None = None,
-                 embed_dim: int | None = None) -> None:
+                 embed_dim: int | None = None, discriminator: CLIPDiscriminator | None = None) -> None:
         self.captioner, self.reward = captioner, reward
         self.cfg = config or GTContrastiveConfig()
-        if self.cfg.baseline not in ("none", "batch"):
-            raise ValueError(f"baseline must be 'none' or 'batch' (one caption per image), got '{self.cfg.baseline}'")
         self.disc: CLIPDiscriminator | None = None
         self.disc_opt: torch.optim.Optimizer | None = None
         if self.cfg.discriminator:
             dim = embed_dim or int(reward.encode_texts(["a"]).shape[-1])
-            self.disc = CLIPDiscriminator(dim, self.cfg.disc_hidden).to(reward.device)
+            if discriminator is not None and (discriminator.dim != dim
+                                              or discriminator.hidden != tuple(self.cfg.disc_hidden)):
+                raise ValueError(f"the given discriminator is for size {discriminator.dim}, widths "
+                                 f"{list(discriminator.hidden)}; the recipe needs {dim}, {list(self.cfg.disc_hidden)}")
+            self.disc = (discriminator or CLIPDiscriminator(dim, self.cfg.disc_hidden)).to(reward.device)
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=self.cfg.disc_lr)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"policy": policy_parameters(self.captioner)}
-
-    def _policy_rollout(self, emb: torch.Tensor):
-        c = self.cfg
-        if c.candidates == "beam":
-            return generate_rollout(self.captioner, emb, "beam", num_beams=c.num_beams,
-                                    no_repeat_ngram_size=c.no_repeat_ngram_size)
-        if c.candidates == "sample":
-            return generate_rollout(self.captioner, emb, "sample", top_k=c.top_k, temperature=c.temperature,
-                                    no_repeat_ngram_size=c.no_repeat_ngram_size)
-        raise ValueError(f"candidates must be 'beam' or 'sample', got '{c.candidates}'")
 
     def step(self, batch: Batch) -> StepResult:
         c, cap = self.cfg, self.captioner
@@ -122,10 +130,10 @@ class GTContrastiveRecipe:
             raise ValueError("the ground-truth-guided recipe needs one ground-truth caption per image")
         b = len(batch)
         emb = batch.prefix_feats.to(cap.device)
-        policy = self._policy_rollout(emb)
+        policy = generate_rollout(cap, emb, c.policy_decoding)
         texts = policy.texts + list(batch.captions)
         if c.greedy_baseline:
-            texts += generate_rollout(cap, emb, "greedy").texts
+            texts += generate_rollout(cap, emb, c.baseline_decoding).texts
         text_feats = encode_reward_texts(self.reward, texts, c.strip_periods)
         img = batch.reward_feats.to(text_feats.device).float()
         pool = img if batch.negative_feats is None else torch.cat([img, batch.negative_feats.to(img.device).float()])
@@ -146,7 +154,9 @@ class GTContrastiveRecipe:
         logp, _ = forward_tokens(cap, emb, policy.ids, policy.mask)
         lp_policy = sequence_mean_logprob(logp, policy.token_mask)
         loss = reinforce_logprob(lp_policy.view(1, -1), adv_policy.to(lp_policy.device))
-        if c.gt_term:
+        if c.gt_term == "public":   # official quirk: "WTF loss" = the policy term again (logprob_gt unused)
+            loss = loss + reinforce_logprob(lp_policy.view(1, -1), adv_policy.to(lp_policy.device))
+        elif c.gt_term == "paper":
             gt = rollout_from_texts(cap, batch.captions, c.max_gt_tokens)
             logp_gt, _ = forward_tokens(cap, emb, gt.ids, gt.mask)
             lp_gt = sequence_mean_logprob(logp_gt, gt.token_mask)

@@ -28,7 +28,7 @@ from tasks.captioning.model import PrefixCaptioner
 from .a2c import assign_isolated_grads, warmup_constant_schedule
 from .common import Batch, Recipe
 from .data import RLData
-from .lora import load_lora_state_dict, lora_layers, lora_state_dict, merge_lora
+from .lora import is_lora, load_lora_state_dict, lora_state_dict, merge_lora
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class LoopConfig:
         caption_choice: ``"first"`` or ``"random"`` reference per image; need_captions: recipes without GT skip them.
         save_every, log_every, eval_every: in steps (``eval_every`` 0: only at the end).
         seed: batch order and caption choice; amp: ``"bf16"`` autocast on CUDA, or ``None``.
+        micro_batch: images per forward / backward (gradient accumulation) for recipes with ``chunked_steps``
+            (VLRM at paper scale); ``None``: the whole batch at once.
     """
 
     steps: int = 1000
@@ -68,6 +70,7 @@ class LoopConfig:
     eval_every: int = 0
     seed: int = 0
     amp: str | None = None
+    micro_batch: int | None = None
 
 
 def make_optimizer(groups: dict[str, list[torch.nn.Parameter]], cfg: LoopConfig) -> torch.optim.Adam:
@@ -79,29 +82,43 @@ def make_optimizer(groups: dict[str, list[torch.nn.Parameter]], cfg: LoopConfig)
 
 def train_step(recipe: Recipe, batch: Batch, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, clip_grad: float | None = 1.0,
-               amp: str | None = None) -> dict[str, Any]:
-    """One optimiser step of ``recipe`` on ``batch``; returns its statistics (and sample captions)."""
+               amp: str | None = None, micro_batch: int | None = None) -> dict[str, Any]:
+    """One optimiser step of ``recipe`` on ``batch``; returns its statistics (and sample captions).
+
+    With ``micro_batch`` and a recipe that has ``chunked_steps``, each micro-batch's losses are back-propagated as
+    they come (gradients accumulate) and the statistics are averaged with the micro-batches' weights."""
     dev = recipe.captioner.device
     recipe.captioner.train()
     optimizer.zero_grad(set_to_none=True)
+    stats: dict[str, Any] = {}
+    samples: list[str] = []
+    groups: list[list[torch.nn.Parameter]] = []
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16" and dev.type == "cuda"):
-        res = recipe.step(batch)
-    norms = assign_isolated_grads(res.losses)
-    stats = dict(res.stats)
-    for j, (_, params) in enumerate(res.losses):
-        stats[f"grad_norm/{j}"] = norms.get(f"grad_norm/{j}", 0.0)
+        chunked = bool(micro_batch) and hasattr(recipe, "chunked_steps")
+        for res in (recipe.chunked_steps(batch, micro_batch) if chunked else [recipe.step(batch)]):
+            assign_isolated_grads(res.losses)       # each group: the gradient of its own loss, accumulated
+            for k, v in res.stats.items():
+                stats[k] = stats.get(k, 0.0) + res.weight * v
+            groups = groups or [list(params) for _, params in res.losses]
+            samples = samples or res.samples
+    for j, params in enumerate(groups):
+        stats[f"grad_norm/{j}"] = _grad_norm(params)            # before clipping
         if clip_grad is not None and params:
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     stats["lr"] = optimizer.param_groups[0]["lr"]
-    stats["samples"] = res.samples
+    stats["samples"] = samples
     return stats
 
 
+def _grad_norm(params: list[torch.nn.Parameter]) -> float:
+    return float(sum(float(p.grad.detach().float().pow(2).sum()) for p in params if p.grad is not None) ** 0.5)
+
+
 def trainable_state(captioner: PrefixCaptioner) -> dict[str, Any]:
-    """Mapper, LM (only when trained) and LoRA weights."""
+    """Mapper, LM (only when trained) and LoRA adapters (peft's per-adapter state dicts)."""
     state: dict[str, Any] = {"mapper": captioner.mapper.state_dict(), "lora": lora_state_dict(captioner.lm)}
     if captioner.train_lm:
         state["lm"] = {k: v for k, v in captioner.lm.state_dict().items() if ".lora_" not in k}
@@ -109,19 +126,22 @@ def trainable_state(captioner: PrefixCaptioner) -> dict[str, Any]:
 
 
 def load_trainable_state(captioner: PrefixCaptioner, state: dict[str, Any]) -> None:
+    """Inverse of :func:`trainable_state`; a LoRA state of the former hand-written adapters is converted."""
     captioner.mapper.load_state_dict(state["mapper"])
     if state.get("lm") is not None:
         captioner.lm.load_state_dict(state["lm"], strict=False)
     if state.get("lora"):
         load_lora_state_dict(captioner.lm, state["lora"])
+    elif is_lora(captioner.lm):
+        raise KeyError("the checkpoint has no LoRA adapters but the captioner does (captioner.lora.enabled)")
 
 
 def export_captioner(captioner: PrefixCaptioner, path: str | Path, lm_path: str | Path | None = None) -> None:
     """Save a plain captioner checkpoint (:func:`tasks.captioning.checkpoint.load_captioner` format). With LoRA,
-    the policy adapter is merged into a copy of the LM, which is then stored by value."""
-    if lora_layers(captioner.lm):
+    the policy adapter is merged into a copy of the LM (``merge_and_unload``), which is then stored by value."""
+    if is_lora(captioner.lm):
         cap = copy.deepcopy(captioner)
-        merge_lora(cap.lm, "policy")
+        cap.lm = merge_lora(cap.lm, "policy")
         state = captioner_state(cap, None)
     else:
         state = captioner_state(captioner, lm_path)
@@ -188,7 +208,7 @@ def train_rl(recipe: Recipe, data: RLData, cfg: LoopConfig, out_dir: str | Path,
             idx = order[1][b * bs:(b + 1) * bs]
             batch = data.batch(idx, cfg.negatives, cfg.caption_choice, seed=cfg.seed * 7919 + step,
                                need_captions=cfg.need_captions)
-            stats = train_step(recipe, batch, opt, sched, cfg.clip_grad, cfg.amp)
+            stats = train_step(recipe, batch, opt, sched, cfg.clip_grad, cfg.amp, cfg.micro_batch)
             step += 1
             samples = stats.pop("samples", [])
             history.append(stats)

@@ -1,138 +1,187 @@
-"""Low-rank adapters (LoRA) on the captioner's language model, hand-written (``peft`` is not a dependency).
+"""LoRA on the captioner's language model through ``peft``: named adapters, switching, merging, checkpoints.
 
-Several named adapters can sit on the same linear layers, e.g. ``"policy"`` (trained by the policy loss, used
-for generation) and ``"value"`` (VLRM: used only to compute values, trained only by the value loss). Which
-adapters act is chosen per forward with :func:`active_adapters`::
+Several named adapters sit on the same linear layers, e.g. ``"policy"`` (trained by the policy loss, used for
+generation) and ``"value"`` (VLRM: used only to compute values, trained only by the value loss)::
 
-    add_lora(captioner.lm, ("q_proj", "v_proj"), adapters=("policy", "value"), r=8, alpha=16)
+    captioner.lm = add_lora(captioner.lm, ("q_proj", "v_proj"), adapters=("policy", "value"), r=8, alpha=16)
     set_active(captioner.lm, ("policy",))            # generation and policy log-probs
     with active_adapters(captioner.lm, ("policy", "value")):
         hidden = ...                                 # value forward
 
-``B`` starts at zero, so a fresh adapter leaves the LM unchanged. :func:`merge_lora` folds an adapter into the
-base weights and removes the wrappers (exporting a plain captioner checkpoint).
+``add_lora`` is ``peft.get_peft_model`` + ``add_adapter`` (``LoraConfig(r, lora_alpha=alpha, target_modules,
+lora_dropout=0)``: ``B`` starts at zero, so a fresh adapter leaves the LM unchanged). Switching is peft's
+``set_adapter`` (several adapters at once); peft also flips ``requires_grad`` of the adapters it (de)activates, which
+would freeze an adapter the optimiser still trains, so :func:`set_active` restores the flags it found.
+:func:`merge_lora` is ``merge_and_unload`` of one adapter (a plain LM again: ``captioner-rl.pt`` stays a plain
+captioner checkpoint).
+
+Checkpoints store each adapter as ``peft.get_peft_model_state_dict`` gives it (:func:`lora_state_dict`).
+:func:`convert_legacy_lora_state` converts the state of this toolkit's former hand-written adapters
+(keys ``<module>.lora_A.<adapter>.weight``), so old ``rl-latest.pt`` files still resume.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-from typing import Iterator, Sequence
+import re
+from typing import Any, Iterator, Sequence
 
-import torch
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoRALinear", "add_lora", "lora_layers", "lora_parameters", "set_active", "active_adapters",
-           "merge_lora", "lora_state_dict", "load_lora_state_dict"]
+__all__ = ["add_lora", "is_lora", "adapter_names", "lora_parameters", "set_active", "active_adapters",
+           "merge_lora", "strip_lora", "lora_state_dict", "load_lora_state_dict", "convert_legacy_lora_state",
+           "LEGACY_HINT"]
+
+_LEGACY = re.compile(r"^(?P<path>.+)\.lora_(?P<ab>[AB])\.(?P<name>[^.]+)\.weight$")
+LEGACY_HINT = ("This looks like a LoRA state of the former hand-written adapters (keys '<module>.lora_A.<adapter>."
+               "weight'); convert it with tasks.caption_rl.lora.convert_legacy_lora_state(state), which "
+               "load_lora_state_dict does by itself for a dict of that form.")
 
 
-class LoRALinear(nn.Module):
-    """``y = base(x) + sum_{a in active} (alpha / r) * B_a(A_a(x))`` with a frozen ``base``.
+def is_lora(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``peft`` model (adapters were added with :func:`add_lora`)."""
+    from peft import PeftModel
 
-    Args:
-        base: the wrapped linear layer (its parameters keep their ``requires_grad``).
-        adapters: adapter names.
-        r: rank; alpha: scale numerator.
-    """
-
-    def __init__(self, base: nn.Linear, adapters: Sequence[str], r: int = 8, alpha: float = 16.0) -> None:
-        super().__init__()
-        self.base = base
-        self.r, self.scaling = r, alpha / r
-        self.lora_A = nn.ModuleDict()
-        self.lora_B = nn.ModuleDict()
-        for name in adapters:
-            a = nn.Linear(base.in_features, r, bias=False)
-            nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
-            b = nn.Linear(r, base.out_features, bias=False)
-            nn.init.zeros_(b.weight)
-            self.lora_A[name], self.lora_B[name] = a.to(base.weight.device), b.to(base.weight.device)
-        self.active: tuple[str, ...] = tuple(adapters[:1])
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.base(x)
-        for name in self.active:
-            a, b = self.lora_A[name], self.lora_B[name]
-            y = y + self.scaling * b(a(x.to(a.weight.dtype))).to(y.dtype)
-        return y
+    return isinstance(module, PeftModel)
 
 
 def add_lora(module: nn.Module, targets: Sequence[str] = ("q_proj", "v_proj"), adapters: Sequence[str] = ("policy",),
-             r: int = 8, alpha: float = 16.0) -> list[LoRALinear]:
-    """Wrap every ``nn.Linear`` whose attribute name is in ``targets``; the first adapter is active.
+             r: int = 8, alpha: float = 16.0) -> nn.Module:
+    """``peft`` LoRA adapters named ``adapters`` on every linear layer named in ``targets``; the first is active.
 
     Returns:
-        The wrappers (raises ``ValueError`` if no layer matched).
+        The ``peft.PeftModel`` wrapping ``module`` (assign it back, e.g. ``captioner.lm = add_lora(captioner.lm)``).
+        The base weights are frozen; the adapters are trainable.
     """
-    wrapped: list[LoRALinear] = []
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if name in targets and isinstance(child, nn.Linear):
-                w = LoRALinear(child, adapters, r, alpha)
-                setattr(parent, name, w)
-                wrapped.append(w)
-    if not wrapped:
+    from peft import LoraConfig, get_peft_model
+
+    if not adapters:
+        raise ValueError("add_lora needs at least one adapter name")
+    if is_lora(module):
+        raise ValueError("this module already carries LoRA adapters")
+    names = {n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    if not set(targets) & names:
         raise ValueError(f"no nn.Linear named any of {list(targets)} in {type(module).__name__}")
-    logger.info("LoRA r=%d on %d layers (%s), adapters %s", r, len(wrapped), ",".join(targets), list(adapters))
-    return wrapped
+    cfg = LoraConfig(r=int(r), lora_alpha=float(alpha), target_modules=list(targets), lora_dropout=0.0, bias="none")
+    model = get_peft_model(module, cfg, adapter_name=adapters[0])
+    for name in adapters[1:]:
+        model.add_adapter(name, cfg)
+    for name in adapters:
+        for p in lora_parameters(model, name):
+            p.requires_grad_(True)
+    set_active(model, adapters[:1])
+    logger.info("LoRA r=%d alpha=%g on %s (peft), adapters %s", r, alpha, ",".join(targets), list(adapters))
+    return model
 
 
-def lora_layers(module: nn.Module) -> list[LoRALinear]:
-    return [m for m in module.modules() if isinstance(m, LoRALinear)]
+def adapter_names(module: nn.Module) -> list[str]:
+    """Names of the LoRA adapters on ``module`` (``[]`` without LoRA)."""
+    return list(module.peft_config) if is_lora(module) else []
 
 
 def lora_parameters(module: nn.Module, adapter: str) -> list[nn.Parameter]:
-    """Parameters of one adapter over every wrapped layer."""
-    out: list[nn.Parameter] = []
-    for m in lora_layers(module):
-        if adapter in m.lora_A:
-            out += list(m.lora_A[adapter].parameters()) + list(m.lora_B[adapter].parameters())
-    return out
+    """Parameters of one adapter over every adapted layer (``[]`` when it does not exist)."""
+    if adapter not in adapter_names(module):
+        return []
+    pat = re.compile(rf"\.lora_[AB]\.{re.escape(adapter)}\.")
+    return [p for n, p in module.named_parameters() if pat.search(n)]
 
 
 def set_active(module: nn.Module, names: Sequence[str]) -> None:
-    """Make ``names`` the active adapters of every wrapped layer (``()`` = the base model)."""
-    for m in lora_layers(module):
-        m.active = tuple(n for n in names if n in m.lora_A)
+    """Make ``names`` the active adapters (``()`` = the base model); unknown names are ignored, and no parameter's
+    ``requires_grad`` changes (peft's ``set_adapter`` would freeze the inactive adapters)."""
+    if not is_lora(module):
+        return
+    known = adapter_names(module)
+    flags = {id(p): p.requires_grad for p in module.parameters()}
+    module.base_model.set_adapter([n for n in names if n in known])
+    for p in module.parameters():
+        p.requires_grad_(flags[id(p)])
+
+
+def _active(module: nn.Module) -> list[str]:
+    return list(module.base_model.active_adapters) if is_lora(module) else []
 
 
 @contextlib.contextmanager
 def active_adapters(module: nn.Module, names: Sequence[str]) -> Iterator[None]:
     """Temporarily switch the active adapters (restored on exit)."""
-    layers = lora_layers(module)
-    saved = [m.active for m in layers]
+    saved = _active(module)
     set_active(module, names)
     try:
         yield
     finally:
-        for m, a in zip(layers, saved):
-            m.active = a
+        set_active(module, saved)
 
 
-@torch.no_grad()
-def merge_lora(module: nn.Module, adapter: str | None = "policy") -> None:
-    """Fold ``adapter`` (``None``: none) into the base weights and replace every wrapper by its base layer."""
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LoRALinear):
-                base = child.base
-                if adapter is not None and adapter in child.lora_A:
-                    delta = child.lora_B[adapter].weight.float() @ child.lora_A[adapter].weight.float()
-                    base.weight.add_((child.scaling * delta).to(base.weight.dtype))
-                setattr(parent, name, base)
+def merge_lora(module: nn.Module, adapter: str | None = "policy") -> nn.Module:
+    """The base module with ``adapter`` folded into its weights (``None`` or a missing adapter: none), every adapter
+    removed (peft's ``merge_and_unload``). ``module`` itself is modified: merge a copy to keep training."""
+    if not is_lora(module):
+        return module
+    if adapter is None or adapter not in adapter_names(module):
+        return module.unload()
+    return module.merge_and_unload(adapter_names=[adapter])
 
 
-def lora_state_dict(module: nn.Module) -> dict[str, Tensor]:
-    """The adapter weights only (``lora_A`` / ``lora_B`` entries of ``module.state_dict()``)."""
-    return {k: v.detach().cpu() for k, v in module.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+def strip_lora(module: nn.Module) -> nn.Module:
+    """The base module without any adapter (peft's ``unload``), or ``module`` itself without LoRA."""
+    return module.unload() if is_lora(module) else module
 
 
-def load_lora_state_dict(module: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load :func:`lora_state_dict` output into a module wrapped the same way (missing keys are an error)."""
-    own = {k for k in module.state_dict() if ".lora_A." in k or ".lora_B." in k}
-    if own != set(state):
-        raise KeyError(f"LoRA keys differ: missing {sorted(own - set(state))[:3]}, "
-                       f"unexpected {sorted(set(state) - own)[:3]}")
-    module.load_state_dict(state, strict=False)
+def lora_state_dict(module: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """``{adapter: peft.get_peft_model_state_dict(module, adapter_name=adapter)}`` (CPU copies; ``{}``: no LoRA)."""
+    from peft import get_peft_model_state_dict
+
+    return {name: {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(module, adapter_name=name).items()}
+            for name in adapter_names(module)}
+
+
+def convert_legacy_lora_state(state: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """Former hand-written adapters' state (``<module>.lora_A.<adapter>.weight``, ``<module>`` relative to the LM)
+    -> :func:`lora_state_dict`'s form (peft keys ``base_model.model.<module>.lora_A.weight`` per adapter).
+
+    The former layers computed ``base(x) + (alpha / r) * B_a(A_a(x))`` with ``A`` of shape ``[r, in]`` and ``B``
+    ``[out, r]``, exactly peft's LoRA without dropout, so the weights carry over unchanged.
+
+    Raises:
+        KeyError: a key that is not of the legacy form (the message says what was expected).
+    """
+    out: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        m = _LEGACY.match(key)
+        if m is None:
+            raise KeyError(f"'{key}' is not a legacy LoRA key ('<module>.lora_A.<adapter>.weight')")
+        out.setdefault(m["name"], {})[f"base_model.model.{m['path']}.lora_{m['ab']}.weight"] = value
+    return out
+
+
+def _is_legacy(state: dict[str, Any]) -> bool:
+    return bool(state) and all(isinstance(v, Tensor) for v in state.values())
+
+
+def load_lora_state_dict(module: nn.Module, state: dict[str, Any]) -> None:
+    """Load :func:`lora_state_dict` output (or a legacy flat state, converted with a log line) into a module carrying
+    the same adapters; missing or unexpected adapters or keys are an error naming them."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    if _is_legacy(state):
+        logger.info("converting a legacy (hand-written) LoRA state of %d tensors to peft's format", len(state))
+        state = convert_legacy_lora_state(state)
+    have = adapter_names(module)
+    if set(have) != set(state):
+        raise KeyError(f"LoRA adapters differ: the model has {sorted(have)}, the checkpoint {sorted(state)} "
+                       "(set captioner.lora.* as when the checkpoint was written)")
+    for name in have:
+        own = get_peft_model_state_dict(module, adapter_name=name)
+        if set(own) != set(state[name]):
+            raise KeyError(f"LoRA keys of adapter '{name}' differ: missing {sorted(set(own) - set(state[name]))[:3]}, "
+                           f"unexpected {sorted(set(state[name]) - set(own))[:3]}")
+        bad = [k for k in own if own[k].shape != state[name][k].shape]
+        if bad:
+            raise ValueError(f"LoRA shapes of adapter '{name}' differ at {bad[0]}: model {tuple(own[bad[0]].shape)}, "
+                             f"checkpoint {tuple(state[name][bad[0]].shape)} (is captioner.lora.r the one it was "
+                             "trained with?)")
+        set_peft_model_state_dict(module, state[name], adapter_name=name)

@@ -2,44 +2,52 @@
 
 Per batch (one caption per image, no ground truth needed):
 
-1. sample a caption with top-k 6 and temperature 2 (no grad);
+1. sample a caption (``rollout_decoding``, preset ``vlrm_rollout``: top-k 6, temperature 2; no grad);
 2. per-token returns (eq. 1, discount 1): ``R(t_k) = sim + ref - noeos - sum_{s>=k} bad(s) - sum_{s>=k} repeat(s)``
-   with ``sim = clip_weight * max(cos, 0)`` from the reward CLIP (``rlcf.CLIPReward``), plus an image-text
-   matching head when one is given, ``ref`` the mean token log-probability under a frozen reference LM;
+   with ``sim`` from a :class:`~tasks.caption_rl.similarity.Similarity`: the paper's BLIP-2 ITM positive logit
+   (``sim="itm"``) or ``clip_weight * max(cos, 0)`` of the reward CLIP (``sim="clip"``, calibrated by
+   :mod:`.calibrate`); ``ref`` the mean token log-probability under a frozen reference LM;
 3. values ``V_k`` from a value head on the LM's last hidden states, detached from the generation path (or
    computed with value-only adapters); value loss ``mean (R - V)^2`` trains the value head (and the value
    adapters) only;
 4. advantages ``A = R - V`` normalised over every token of the batch; policy loss ``-1/n sum_k p_k M_k`` on the
    token probabilities (eq. 4), training the mapper (and the LM or its policy adapters) only.
 
-Retrieval specialisation (VLRM-RS, ``retrieval=True``): no ``ref``, and ``sim += 0.3 * Phi`` (eq. 5).
+Retrieval specialisation (VLRM-RS, ``retrieval=True``): no ``ref``, and ``sim += 0.3 * Phi`` (eq. 5) where ``Phi``
+comes from its own CLIP (``phi``: OpenCLIP ViT-bigG-14 in the paper; default the reward CLIP).
 Optimisation (in the loop): Adam without weight decay, 20 warm-up steps to 1e-5, gradient clipping at 1.
+
+Paper scale (4096 captions per step) does not fit one forward: :meth:`VLRMRecipe.chunked_steps` splits the batch
+into micro-batches (``optim.micro_batch``), with the advantages still normalised over the *whole* batch (a
+gradient-free first pass gives their mean and std) and each chunk's losses weighted by its share of the batch, so
+the accumulated gradient equals the full-batch one.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from rlcf import CLIPReward, clip_score
+from rlcf import CLIPReward
 from tasks.captioning.model import PrefixCaptioner
 
-from .a2c import ValueHead, normalize_advantages, probability_policy_loss, value_loss
+from .a2c import ValueHead, masked_mean_per_row, normalize_advantages, probability_policy_loss, value_loss
 from .common import Batch, StepResult, detach_stats, encode_reward_texts, policy_parameters
 from .contrastive import normalized_contrastive_term
-from .lora import active_adapters, lora_layers, lora_parameters, set_active
+from .decoding import DecodingConfig, resolve_decoding
+from .lora import active_adapters, adapter_names, lora_parameters, set_active
 from .penalties import PenaltyRules, decode_pieces, vlrm_returns
 from .rollout import ReferenceScorer, Rollout, forward_tokens, generate_rollout, sequence_mean_logprob
+from .similarity import CLIPSimilarity, Similarity
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VLRMConfig", "VLRMRecipe", "ItmScorer"]
+__all__ = ["VLRMConfig", "VLRMRecipe", "SIMS"]
 
-#: ``itm(reward_image_feats [B, D], texts) -> [B]`` image-text matching logits (e.g. a BLIP-2 ITM head).
-ItmScorer = Callable[[Tensor, list[str]], Tensor]
+SIMS = ("clip", "itm")
 
 
 @dataclass
@@ -47,11 +55,12 @@ class VLRMConfig:
     """Options of the recipe (defaults: the paper where it says, else documented choices).
 
     Attributes:
-        top_k, temperature: training-time sampling (6, 2.0).
-        max_new_tokens: sampled caption length limit (``None``: the captioner's).
-        clip_weight: ``sim = clip_weight * max(cos, 0)``; 10 puts CLIP's cosines (0.2-0.5) in the range of the
-            BLIP-2 ITM logits the paper uses as ``sim`` (2-6, Tables 4-5).
-        itm_weight: weight of the ITM head's logit when one is given.
+        rollout_decoding: training-time sampling (preset ``vlrm_rollout``: top-k 6, temperature 2).
+        sim: ``"itm"`` (the paper: an ITM head's positive logit, given to the recipe as ``similarity``) or
+            ``"clip"`` (``clip_weight * max(cos, 0)`` of the reward CLIP).
+        clip_weight: scale of the CLIP ``sim``; calibrate it to the ITM spread with :mod:`.calibrate` (the world's
+            measured value is in its config; 44 makes the CLIP column of the paper's Tables 4-5 spread as its ITM).
+        itm_weight: scale of the ITM logit (1, the paper).
         use_ref, ref_weight, ref_mode: the reference term (``"lm"``: the frozen LM without image, as the paper;
             ``"captioner"``: the frozen initial captioner, image-conditioned).
         penalties: bad phrases / years / repeats (see :class:`PenaltyRules.from_config`).
@@ -63,9 +72,8 @@ class VLRMConfig:
         adv_eps: added to the std of the advantages.
     """
 
-    top_k: int = 6
-    temperature: float = 2.0
-    max_new_tokens: int | None = None
+    rollout_decoding: DecodingConfig = field(default_factory=lambda: resolve_decoding("vlrm_rollout"))
+    sim: str = "clip"
     clip_weight: float = 10.0
     itm_weight: float = 1.0
     use_ref: bool = True
@@ -81,6 +89,11 @@ class VLRMConfig:
     value_adapter: bool = False
     adv_eps: float = 1e-5
 
+    def __post_init__(self) -> None:
+        if self.sim not in SIMS:
+            raise ValueError(f"vlrm.sim must be one of {list(SIMS)}, got {self.sim!r}")
+        self.rollout_decoding = resolve_decoding(self.rollout_decoding, "vlrm_rollout", "vlrm.decoding.rollout")
+
 
 def _hidden_size(captioner: PrefixCaptioner) -> int:
     cfg = captioner.lm.config
@@ -93,23 +106,37 @@ class VLRMRecipe:
     Args:
         captioner: the policy (mapper; the LM if trained; the ``"policy"`` adapter if any). If it carries a
             ``"value"`` LoRA adapter and ``value_adapter`` is set, that adapter is trained with the value head.
-        reward: frozen reward CLIP (for ``sim`` and the RS term).
+        reward: frozen reward CLIP (the CLIP ``sim``, and ``Phi`` unless ``phi`` is given); may be ``None`` with
+            ``similarity`` given and no retrieval term.
         config: recipe options.
         reference: the ``ref`` scorer (default: built from ``captioner`` now, i.e. the initial model).
-        itm: optional image-text matching scorer added to ``sim``.
+        similarity: the ``sim`` model (default for ``sim="clip"``: :class:`CLIPSimilarity` of ``reward``; required
+            for ``sim="itm"``).
+        phi: VLRM-RS's own CLIP for eq. 5, its image embeddings in ``batch.extra_feats["phi"]``.
     """
 
-    def __init__(self, captioner: PrefixCaptioner, reward: CLIPReward, config: VLRMConfig | None = None,
-                 reference: ReferenceScorer | None = None, itm: ItmScorer | None = None) -> None:
-        self.captioner, self.reward, self.itm = captioner, reward, itm
+    def __init__(self, captioner: PrefixCaptioner, reward: CLIPReward | None, config: VLRMConfig | None = None,
+                 reference: ReferenceScorer | None = None, similarity: Similarity | None = None,
+                 phi: CLIPReward | None = None) -> None:
+        self.captioner, self.reward = captioner, reward
         self.cfg = config or VLRMConfig()
         c = self.cfg
+        if similarity is None:
+            if c.sim == "itm":
+                raise ValueError("vlrm.sim='itm' needs an ITM similarity (vlrm.itm.path: a local "
+                                 "Salesforce/blip2-itm-vit-g folder), or set vlrm.sim=clip")
+            if reward is None:
+                raise ValueError("vlrm.sim='clip' needs the reward CLIP")
+            similarity = CLIPSimilarity(reward, c.clip_weight)
+        self.similarity = similarity
+        self.phi, self.phi_key = (phi, "phi") if phi is not None else (reward, None)
+        if c.retrieval and self.phi is None:
+            raise ValueError("VLRM-RS (retrieval) needs a CLIP for eq. 5: the reward CLIP or vlrm.phi")
         self.use_ref = c.use_ref and not c.retrieval
         self.reference = (reference or ReferenceScorer(captioner, c.ref_mode)) if self.use_ref else None
         self.rules = PenaltyRules.from_config(c.penalties)
         self.value_head = ValueHead(_hidden_size(captioner), c.value_width).to(captioner.device)
-        has_value_lora = any("value" in m.lora_A for m in lora_layers(captioner.lm))
-        if c.value_adapter and not has_value_lora:
+        if c.value_adapter and "value" not in adapter_names(captioner.lm):
             raise ValueError("value_adapter=True needs a 'value' LoRA adapter on the LM (lora.adapters)")
         self.value_lora = lora_parameters(captioner.lm, "value") if c.value_adapter else []
         self.policy_adapters = tuple(n for n in ("policy",) if lora_parameters(captioner.lm, n))
@@ -124,20 +151,16 @@ class VLRMRecipe:
 
     # ------------------------------------------------------------------ rewards
     @torch.no_grad()
-    def similarity(self, batch: Batch, texts: list[str]) -> tuple[Tensor, dict[str, float]]:
+    def similarity_reward(self, batch: Batch, texts: list[str]) -> tuple[Tensor, dict[str, float]]:
         """``[B]`` ``sim`` of eq. 1 (and eq. 5 for RS) with its parts for logging."""
         c = self.cfg
-        txt = encode_reward_texts(self.reward, texts)
-        img = batch.reward_feats.to(txt.device).float()
-        sim = clip_score(img, txt, c.clip_weight)
-        parts = {"sim_clip": float(sim.mean())}
-        if self.itm is not None:
-            itm = self.itm(batch.reward_feats, texts).to(sim.device).float()
-            sim = sim + c.itm_weight * itm
-            parts["sim_itm"] = float(itm.mean())
+        sim = self.similarity(batch, texts).float()
+        parts = {f"sim_{c.sim}": float(sim.mean())}
         if c.retrieval:
+            txt = encode_reward_texts(self.phi, texts)
+            img = (batch.extra_feats[self.phi_key] if self.phi_key else batch.reward_feats).to(txt.device).float()
             phi = normalized_contrastive_term(img, txt, c.contrastive_temperature)
-            sim = sim + c.contrastive_weight * phi
+            sim = sim + c.contrastive_weight * phi.to(sim.device)
             parts["phi_abs"] = float(phi.abs().mean())
         return sim, parts
 
@@ -156,10 +179,13 @@ class VLRMRecipe:
         return bad.to(dev), rep.to(dev), noeos.to(dev)
 
     @torch.no_grad()
-    def returns(self, batch: Batch, rollout: Rollout) -> tuple[Tensor, dict[str, float]]:
-        """``[B, N]`` per-token returns of eq. 1 and the reward parts."""
+    def returns(self, batch: Batch, rollout: Rollout, sim: Tensor | None = None,
+                parts: dict[str, float] | None = None) -> tuple[Tensor, dict[str, float]]:
+        """``[B, N]`` per-token returns of eq. 1 and the reward parts (``sim [B]`` computed here unless given)."""
         emb = batch.prefix_feats.to(self.captioner.device)
-        sim, parts = self.similarity(batch, rollout.texts)
+        if sim is None:
+            sim, parts = self.similarity_reward(batch, rollout.texts)
+        parts = dict(parts or {})
         dev = rollout.ids.device
         ref = (self.cfg.ref_weight * self.reference(emb, rollout) if self.reference is not None
                else torch.zeros(len(rollout)))
@@ -181,23 +207,62 @@ class VLRMRecipe:
         return self.value_head(hidden)
 
     def step(self, batch: Batch) -> StepResult:
+        """Roll out, score and return the policy and value losses of the whole batch."""
+        return next(self.chunked_steps(batch, None))
+
+    def chunked_steps(self, batch: Batch, micro_batch: int | None) -> Iterator[StepResult]:
+        """The losses of ``batch`` in micro-batches of ``micro_batch`` images (``None``: one), each to be
+        back-propagated before the next is computed (see :meth:`chunk_losses`). Generation runs per micro-batch;
+        ``sim`` (eq. 5 is a batch statistic) over the whole batch."""
         c, cap = self.cfg, self.captioner
-        emb = batch.prefix_feats.to(cap.device)
-        rollout = generate_rollout(cap, emb, "sample", top_k=c.top_k, temperature=c.temperature,
-                                   max_new_tokens=c.max_new_tokens)
-        ret, parts = self.returns(batch, rollout)
-        mask = rollout.token_mask
-        logp, hidden = forward_tokens(cap, emb, rollout.ids, rollout.mask, hidden=not c.value_adapter)
-        values = self.values(emb, rollout, hidden)
-        adv = normalize_advantages(ret - values.detach(), mask, c.adv_eps)
-        lp = probability_policy_loss(logp, adv, mask)
-        lv = value_loss(values, ret, mask)
+        n = len(batch)
+        size = n if not micro_batch or micro_batch >= n else int(micro_batch)
+        chunks = [batch.subset(slice(s, s + size)) for s in range(0, n, size)]
+        rolls = [generate_rollout(cap, ch.prefix_feats.to(cap.device), c.rollout_decoding) for ch in chunks]
+        sim, parts = self.similarity_reward(batch, [t for r in rolls for t in r.texts])
+        rets, offset = [], 0
+        for ch, r in zip(chunks, rolls):
+            rets.append(self.returns(ch, r, sim[offset:offset + len(ch)], parts))
+            offset += len(ch)
+        yield from self.chunk_losses(chunks, rolls, rets)
+
+    def chunk_losses(self, chunks: list[Batch], rolls: list[Rollout],
+                     rets: list[tuple[Tensor, dict[str, float]]]) -> Iterator[StepResult]:
+        """Losses of each chunk's rollout and returns; their gradients add up to the full batch's: advantages are
+        normalised with the whole batch's mean and std of ``A = R - V`` (a gradient-free pass over the chunks gives
+        them when there are several), and each chunk's losses are weighted by its share of the batch."""
+        n = sum(len(ch) for ch in chunks)
+        mean = std = None
+        if len(chunks) > 1:
+            with torch.no_grad():
+                flat = torch.cat([(ret - self._forward(ch, r)[2])[r.token_mask.bool()]
+                                  for ch, r, (ret, _) in zip(chunks, rolls, rets)]).float()
+            mean, std = flat.mean(), flat.std()
+        for ch, r, (ret, part) in zip(chunks, rolls, rets):
+            yield self._losses(ch, r, ret, part, len(ch) / n, mean, std)
+
+    def _forward(self, batch: Batch, rollout: Rollout) -> tuple[Tensor, Tensor | None, Tensor]:
+        """``(logp [B, N], hidden, values [B, N])`` of the rollout (with grad where the modules have it)."""
+        emb = batch.prefix_feats.to(self.captioner.device)
+        logp, hidden = forward_tokens(self.captioner, emb, rollout.ids, rollout.mask, hidden=not self.cfg.value_adapter)
+        return logp, hidden, self.values(emb, rollout, hidden)
+
+    def _losses(self, batch: Batch, rollout: Rollout, ret: Tensor, parts: dict[str, float], share: float,
+                mean: Tensor | None, std: Tensor | None) -> StepResult:
+        c, mask = self.cfg, rollout.token_mask
+        logp, _, values = self._forward(batch, rollout)
+        if mean is None:
+            adv = normalize_advantages(ret - values.detach(), mask, c.adv_eps)
+        else:
+            adv = ((ret - values.detach()).float() - mean) / (std + c.adv_eps) * mask.float()
+        lp = share * probability_policy_loss(logp, adv, mask)
+        lv = share * value_loss(values, ret, mask)
         groups = self.parameter_groups()
-        lengths = mask.sum(-1).float()
-        stats = detach_stats(policy_loss=lp, value_loss=lv, ret_first=ret[:, 0], logp=sequence_mean_logprob(logp, mask),
-                             tokens=lengths)
+        stats = detach_stats(policy_loss=lp / share, value_loss=lv / share, ret_first=ret[:, 0],
+                             logp=sequence_mean_logprob(logp, mask), tokens=mask.sum(-1).float(),
+                             value_error=masked_mean_per_row((ret - values.detach()).abs(), mask))
         stats.update(parts)
-        return StepResult([(lp, groups["policy"]), (lv, groups["value"])], stats, rollout.texts[:4])
+        return StepResult([(lp, groups["policy"]), (lv, groups["value"])], stats, rollout.texts[:4], share)
 
     def state_dict(self) -> dict[str, Any]:
         return {"value_head": self.value_head.state_dict()}

@@ -1,4 +1,4 @@
-"""Caption RL in the embedded world, on CPU in minutes, with the ablation switches.
+"""Caption RL in the embedded world, on CPU in minutes, with the papers' presets and the ablation switches.
 
 ``python -m tasks.caption_rl.world --recipe gt_contrastive|vlrm|vlrm_retrieval [--ablation NAME] [--quick]
 [key.sub=value ...]`` (``--out-dir output/world_caption_rl/<recipe>-<ablation>``):
@@ -6,22 +6,32 @@
 1. world ``train`` images and captions; a tiny ClipCap trained on them with the world *policy* CLIP
    (:func:`tasks.captioning.world_demo.train_world_captioner`, cached in ``<out>/captioner``; ``--captioner PATH``
    reuses one, e.g. the caption demo's ``output/world_caption/captioner/ckpt-latest.pt``);
-2. RL with the recipe and the world *reward* CLIP; the tiny LM stays frozen, the mapper is trained;
-3. before / after on a clean held-out split (``val``): CLIP Recall (t2i), i2t recall with the world *filter*
-   CLIP (neither policy nor reward), Self-BLEU, vocabulary, length, CIDEr / BLEU-4 against the references;
+2. ``gt_contrastive``: one row per ground-truth caption (``data.rows=caption``) and discriminator pre-training
+   (:mod:`.pretrain_disc`) as the first stage;
+3. RL with the recipe and the world *reward* CLIP; the tiny LM stays frozen (``captioner.train_lm=true``: trained
+   too), the mapper is trained;
+4. before / after on a clean held-out split (``val``) with the recipe's evaluation preset (``chaffin``: beam 5, no
+   repeated 3-grams, Self-BLEU-5; ``vlrm``: beam 5, no repeated 2-grams, 4-60 tokens), CLIP Recall (t2i) and i2t
+   recall with the world *filter* CLIP (neither policy nor reward), Self-BLEU, vocabulary, length, CIDEr / BLEU-4;
    ``results.json`` and ``results.md``.
 
-Ablations: ``no_disc`` (no discriminator term), ``no_gt`` (no reward-weighted teacher forcing), ``no_ref`` (VLRM
-without the reference term), ``no_penalties`` (VLRM without bad-phrase / repeat / no-EOS penalties).
-Differences from the COCO configs (tiny models, batches of 64 instead of thousands):
+Paper presets used as they are: the decoding presets of both recipes (rollouts, greedy baseline, evaluation), one
+row per caption, discriminator warm start, the GT term, the baseline-free contrastive reward (``gt.baseline=none``;
+before the presets, with one random caption per image and a randomly initialised discriminator, it collapsed the
+captioner here, t2i R@1 0.215 -> 0.050, and the world used ``gt.baseline=batch``; with them it no longer does, see
+the README), VLRM's A2C settings. Where the world differs (tiny models, batches of 64 instead of thousands, no
+BLIP-2 ITM nor ViT-g / ViT-bigG here):
 
-* ``gt.baseline=batch``: the paper's baseline-free contrastive reward is negative for almost every caption here, so
-  REINFORCE on beam outputs pushes every caption down and the captioner collapses (measured: t2i R@1 0.215 -> 0.050
-  with ``gt.baseline=none``); subtracting the batch mean of the rewards fixes it;
+* ``vlrm.sim=clip`` with ``clip_weight`` = :data:`WORLD_CLIP_WEIGHT`, measured by :mod:`.calibrate` (the world
+  reward CLIP's within-image spread over sampled captions matched to the ITM spread of the paper's Tables 4-5);
+  ``Phi`` (VLRM-RS) from the reward CLIP; evaluation with the world filter CLIP;
 * ``optim.value_lr=1e-3``: at lr 1e-4 the value head takes ~100 steps to learn the mean return, and until then the
   advantages are its errors;
 * the reference is the frozen initial *captioner* (the tiny LM never saw text without an image prefix);
-* mapper learning rate 1e-4, smaller discriminator and value head.
+* mapper learning rate 1e-4, smaller discriminator and value head, 100 discriminator pre-training steps.
+
+Ablations: ``no_disc`` (no discriminator term), ``no_gt`` (``gt.gt_term=none``), ``no_ref`` (VLRM without the
+reference term), ``no_penalties`` (VLRM without bad-phrase / repeat / no-EOS penalties).
 """
 from __future__ import annotations
 
@@ -38,33 +48,58 @@ import rlcf
 
 from ..captioning.world_demo import load_world_model, train_world_captioner, world_split
 from ..common.config import dump_config, load_config
+from .config import DEFAULTS, RECIPES, build_recipe, loop_config, prepare_captioner
 from .data import RLData, mine_hard_negatives
+from .decoding import resolve_decoding
 from .evaluate import EvalSet, make_evaluator
 from .loop import train_rl
-from .train import DEFAULTS, RECIPES, build_recipe, loop_config, prepare_captioner
+from .presets import resolve_eval
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ABLATIONS", "WORLD_OVERRIDES", "main"]
+__all__ = ["ABLATIONS", "WORLD_OVERRIDES", "RECIPE_OVERRIDES", "WORLD_CLIP_WEIGHT", "embed_images", "main"]
 
 ABLATIONS: dict[str, list[str]] = {
     "none": [],
     "no_disc": ["gt.discriminator=false"],
-    "no_gt": ["gt.gt_term=false"],
+    "no_gt": ["gt.gt_term=none"],
     "no_ref": ["vlrm.use_ref=false"],
     "no_penalties": ["vlrm.penalties.bad=false", "vlrm.penalties.repeat=false", "vlrm.noeos=false"],
 }
-WORLD_OVERRIDES = ["captioner.max_new_tokens=20", "gt.num_beams=3", "gt.disc_hidden=[128, 64]", "gt.disc_lr=1e-3",
-                   "gt.baseline=batch", "vlrm.value_width=128", "vlrm.ref_mode=captioner", "optim.lr=1e-4",
+#: ``clip_weight`` of the world's CLIP ``sim``, measured by ``python -m tasks.caption_rl.calibrate --images 256 --k 8``:
+#: the world reward CLIP's ``max(cos, 0)`` spreads by 0.234 across 8 sampled captions of an image (mean over 256
+#: train images), the paper's ITM logit by 1.38 (Tables 4-5), so 1.38 / 0.234 = 5.9.
+WORLD_CLIP_WEIGHT = 5.9
+WORLD_OVERRIDES = ["captioner.max_new_tokens=20", "gt.disc_hidden=[128, 64]", "gt.disc_lr=1e-3",
+                   "gt.disc_pretrain.steps=100", "gt.disc_pretrain.batch_size=64",
+                   "vlrm.value_width=128", "vlrm.ref_mode=captioner", "optim.lr=1e-4",
                    "optim.value_lr=1e-3", "optim.batch_size=64", "optim.warmup=20", "optim.clip_grad=1.0",
-                   "optim.log_every=10", "optim.save_every=100", "data.caption_choice=random"]
+                   "optim.log_every=10", "optim.save_every=100", "data.rows=caption"]
+RECIPE_OVERRIDES: dict[str, list[str]] = {
+    "gt_contrastive": ["eval.preset=chaffin"],
+    "vlrm": ["eval.preset=vlrm", "vlrm.sim=clip", f"vlrm.clip_weight={WORLD_CLIP_WEIGHT}"],
+    "vlrm_retrieval": ["eval.preset=vlrm", "vlrm.sim=clip", f"vlrm.clip_weight={WORLD_CLIP_WEIGHT}"],
+}
 
 
 @torch.no_grad()
-def _embed(model: torch.nn.Module, preprocess: Callable, images: Sequence, bs: int = 256) -> torch.Tensor:
+def embed_images(model: torch.nn.Module, preprocess: Callable, images: Sequence, bs: int = 256) -> torch.Tensor:
+    """``[N, D]`` float32 CPU image embeddings (unnormalised) of PIL ``images``."""
     dev = next(model.parameters()).device
     return torch.cat([model.encode_image(torch.stack([preprocess(im) for im in images[i:i + bs]]).to(dev)).float().cpu()
                       for i in range(0, len(images), bs)])
+
+
+def _claim_out_dir(out: Path, cfg: dict) -> None:
+    """Write ``cfg`` to ``out/config.yaml``; a folder holding a run of another configuration is an error (it would
+    resume that run's checkpoint, or mix its captioner and logs in)."""
+    import yaml
+
+    path = out / "config.yaml"
+    if path.is_file() and yaml.safe_load(path.read_text()) != yaml.safe_load(yaml.safe_dump(cfg, sort_keys=False)):
+        raise ValueError(f"{out} holds a run with another configuration: pass another --out-dir or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, path)
 
 
 def _check_ablation(recipe: str, ablation: str) -> None:
@@ -78,11 +113,12 @@ def _check_ablation(recipe: str, ablation: str) -> None:
 def _markdown(res: dict) -> str:
     b, a = res["before"], res["after"]
     lines = [f"# Caption RL in the embedded world: {res['recipe']} ({res['ablation']})", "",
-             f"{res['n_train']} training images, {res['n_eval']} held-out `{res['eval_split']}` images, "
+             f"{res['n_train']} training images ({res['n_rows']} training rows), {res['n_eval']} held-out "
+             f"`{res['eval_split']}` images, evaluation preset `{res['eval_preset']}`, "
              f"{res['steps']} RL steps of {res['batch_size']} images, {res['seconds']:.0f} s on CPU.", "",
              "| metric | before RL | after RL |", "|---|---|---|"]
-    for k in ("t2i/R@1", "t2i/R@5", "t2i/MRR", "i2t/R@1", "CIDEr", "BLEU-4", "self_BLEU-4", "vocab_size",
-              "mean_length"):
+    for k in ("t2i/R@1", "t2i/R@5", "t2i/MRR", "i2t/R@1", "i2t/MRR", "CIDEr", "BLEU-4", "self_BLEU-4", "self_BLEU-5",
+              "vocab_size", "mean_length"):
         if k in b and k in a:
             lines.append(f"| {k} | {b[k]:.3f} | {a[k]:.3f} |")
     lines += ["", "Examples (before / after):", ""]
@@ -119,12 +155,15 @@ def main(argv: Sequence[str] | None = None, world: Any = None) -> dict:
     n_train = args.n_train or (2000 if args.quick else 8000)
     n_eval = args.n_eval or (200 if args.quick else 500)
     steps = args.steps or (150 if args.quick else 600)
-    out = Path(args.out_dir or f"output/world_caption_rl/{args.recipe}-{args.ablation}")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(DEFAULTS, None, [*WORLD_OVERRIDES, *ABLATIONS[args.ablation], f"optim.steps={steps}",
-                                       f"run.seed={args.seed}", f"run.out_dir={out}", *args.overrides])
+    out = Path(args.out_dir or f"output/world_caption_rl/{args.recipe}-{args.ablation}{'-quick' if args.quick else ''}")
+    cfg = load_config(DEFAULTS, None, [*WORLD_OVERRIDES, *RECIPE_OVERRIDES[args.recipe], *ABLATIONS[args.ablation],
+                                       f"optim.steps={steps}", f"run.seed={args.seed}", f"run.out_dir={out}",
+                                       *args.overrides])
     cfg["recipe"] = args.recipe
-    dump_config(cfg, out / "config.yaml")
+    cfg["world_run"] = {"n_train": n_train, "n_eval": n_eval, "eval_split": args.eval_split,
+                        "captioner": args.captioner, "epochs": args.epochs,
+                        "models": [args.policy_clip, args.reward_clip, args.eval_clip]}
+    _claim_out_dir(out, cfg)
     t0 = time.perf_counter()
     dev = torch.device("cpu")
     pclip, ppre, _ = load_world_model(args.policy_clip, dev)
@@ -139,26 +178,40 @@ def main(argv: Sequence[str] | None = None, world: Any = None) -> dict:
         captioner, _ = train_world_captioner(train, pclip, ppre, out / "captioner", args.epochs or (4 if args.quick
                                                                                                      else 6), args.seed)
     captioner.configure(max_new_tokens=cfg["captioner"]["max_new_tokens"])
-    reward_feats = torch.nn.functional.normalize(_embed(rclip, rpre, train.images), dim=-1)
+    reward_feats = torch.nn.functional.normalize(embed_images(rclip, rpre, train.images), dim=-1)
     nb = None
-    if args.recipe == "gt_contrastive":
+    gt = args.recipe == "gt_contrastive"
+    if gt:
         with torch.no_grad():
             keys = rclip.encode_text(rtok([c[0] for c in train.captions])).float()
         nb = mine_hard_negatives(reward_feats, keys, num=int(cfg["data"]["neighbours"]))
-    data = RLData(_embed(pclip, ppre, train.images), reward_feats, train.captions, nb, train.ids)
+    data = RLData(embed_images(pclip, ppre, train.images), reward_feats, train.captions, nb, train.ids)
+    if gt and cfg["data"]["rows"] == "caption":
+        data = data.caption_rows()
     held = world_split(args.eval_split, n_eval, args.data_root, world=world)
-    eval_set = EvalSet(_embed(pclip, ppre, held.images), _embed(eclip, epre, held.images), held.captions, held.ids)
-    recipe = build_recipe(args.recipe, prepare_captioner(captioner, cfg["captioner"], args.recipe),
-                          rlcf.CLIPReward(rclip, rtok), cfg)
-    evaluate = make_evaluator(captioner, eval_set, eclip, etok, out, num_beams=int(cfg["eval"]["num_beams"]),
-                              metric_options={"tokenizer": "simple", "meteor": False})
+    eval_set = EvalSet(embed_images(pclip, ppre, held.images), embed_images(eclip, epre, held.images), held.captions,
+                       held.ids)
+    captioner = prepare_captioner(captioner, cfg["captioner"], args.recipe)
+    reward = rlcf.CLIPReward(rclip, rtok)
+    disc = None
+    if gt and cfg["gt"]["discriminator"]:
+        from .train import Setup, pretrained_discriminator
+
+        disc = pretrained_discriminator(Setup(cfg, data, captioner, reward, None, None, out), cfg)
+    recipe = build_recipe(args.recipe, captioner, reward, cfg, discriminator=disc)
+    e = resolve_eval(cfg["eval"])
+    evaluate = make_evaluator(captioner, eval_set, eclip, etok, out, resolve_decoding(e["decoding"], name="eval"),
+                              metric_options={"tokenizer": "simple", "meteor": False}, self_bleu_n=e["self_bleu_n"],
+                              strip_periods=bool(e["strip_periods"]))
     before = evaluate(0)
     lcfg = loop_config(args.recipe, cfg)
     train_rl(recipe, data, lcfg, out, evaluate=evaluate)
-    after = [json.loads(x) for x in (out / "eval_log.jsonl").read_text().splitlines()][-1]
+    evals = [json.loads(x) for x in (out / "eval_log.jsonl").read_text().splitlines()]
+    after = [row for row in evals if row["step"] == lcfg.steps][-1]    # a rerun appends another step-0 entry
     caps0 = json.loads((out / "captions-step0.json").read_text())
     caps1 = json.loads((out / f"captions-step{lcfg.steps}.json").read_text())
-    res = {"recipe": args.recipe, "ablation": args.ablation, "n_train": len(train), "n_eval": len(held),
+    res = {"recipe": args.recipe, "ablation": args.ablation, "n_train": len(train), "n_rows": len(data),
+           "n_eval": len(held), "eval_preset": e["preset"],
            "eval_split": args.eval_split, "steps": lcfg.steps, "batch_size": lcfg.batch_size,
            "before": before, "after": after, "seconds": time.perf_counter() - t0,
            "examples": [(x["caption"], y["caption"]) for x, y in zip(caps0[:6], caps1[:6])],

@@ -24,6 +24,7 @@ token loss is available as :meth:`PrefixCaptioner.official_tta_logprob`.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
@@ -205,11 +206,16 @@ class PrefixCaptioner(nn.Module):
         return self.pack(self.tokenizer(list(captions), add_special_tokens=False).input_ids, max_tokens)
 
     def pack(self, token_lists: Sequence[Sequence[int]], max_tokens: int | None = None,
-             stop: bool = True) -> tuple[Tensor, Tensor]:
-        """Token id lists (no special tokens) -> ``ids [B, L]``, ``mask [B, L]`` as :meth:`encode_captions`
-        (``stop=False``: no STOP appended, as the official TTA tokenisation)."""
-        seqs = [[self.bos_id] + list(t[:max_tokens] if max_tokens is not None else t) + ([self.stop_id] if stop else [])
-                for t in token_lists]
+             add_stop: bool = True) -> tuple[Tensor, Tensor]:
+        """Token id lists (no special tokens) -> ``ids [B, L]``, ``mask [B, L]`` as :meth:`encode_captions`.
+
+        Args:
+            max_tokens: cut each list to this many tokens first (``None``: keep all).
+            add_stop: append STOP (training targets). ``False`` packs ``[BOS] + tokens`` as given, e.g. generated
+                ids that already end with STOP when the model ended them (RL rollouts).
+        """
+        stop = [self.stop_id] if add_stop else []
+        seqs = [[self.bos_id] + list(t[:max_tokens] if max_tokens is not None else t) + stop for t in token_lists]
         length = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -222,23 +228,43 @@ class PrefixCaptioner(nn.Module):
         tok = self.lm.get_input_embeddings()(ids)
         return torch.cat([prefix.to(tok.dtype), tok], dim=1)
 
+    def _forward(self, prefix: Tensor, ids: Tensor, mask: Tensor, hidden: bool = False) -> tuple[Tensor, Tensor | None]:
+        p = prefix.shape[1]
+        att = torch.cat([torch.ones(mask.shape[0], p, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        out = self.lm(inputs_embeds=self._embed(prefix, ids), attention_mask=att, use_cache=False,
+                      output_hidden_states=hidden)
+        return out.logits[:, p:-1].float(), (out.hidden_states[-1][:, p:-1] if hidden else None)
+
     def logits(self, prefix: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
         """LM logits ``[B, L-1, V]`` predicting ``ids[:, 1:]`` given ``[prefix ; ids]``.
 
         The attention mask covers the ``P`` prefix positions and the real tokens (``mask``).
         """
-        p = prefix.shape[1]
-        att = torch.cat([torch.ones(mask.shape[0], p, dtype=mask.dtype, device=mask.device), mask], dim=1)
-        out = self.lm(inputs_embeds=self._embed(prefix, ids), attention_mask=att, use_cache=False)
-        return out.logits[:, p:-1].float()
+        return self._forward(prefix, ids, mask)[0]
+
+    def forward_tokens(self, emb: Tensor | None, ids: Tensor, mask: Tensor, *, prefix: Tensor | None = None,
+                       hidden: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced log-probs of ``ids[:, 1:]`` given ``[prefix ; ids]`` (with grad where the model has it).
+
+        Args:
+            emb: ``[B, D]`` CLIP embeddings (ignored when ``prefix`` is given).
+            ids, mask: ``[B, L]`` as :meth:`pack`.
+            prefix: a precomputed ``[B, P, E]`` prefix (e.g. detached, for a value-only forward).
+            hidden: also return the LM's last hidden states ``[B, L-1, H]`` at the positions predicting
+                ``ids[:, 1:]`` (a value head's input).
+        Returns:
+            ``(logp [B, L-1] (0 on padding), hidden or None)``.
+        """
+        prefix = self.prefix(emb) if prefix is None else prefix
+        logits, hid = self._forward(prefix, ids, mask, hidden)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return logp * mask[:, 1:].to(logp.dtype), hid
 
     def token_logprobs(self, emb: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced log-probs ``[B, L-1]`` of ``ids[:, 1:]`` and their validity mask ``[B, L-1]``
         (pads excluded). ``emb`` is the ``[B, D]`` CLIP embedding."""
-        logits = self.logits(self.prefix(emb), ids, mask)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        valid = mask[:, 1:].to(logp.dtype)
-        return logp * valid, valid
+        logp, _ = self.forward_tokens(emb, ids, mask)
+        return logp, mask[:, 1:].to(logp.dtype)
 
     def loss(self, emb: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
         """Training loss: token cross-entropy over the real caption tokens and STOP (pads -> -100)."""
@@ -256,7 +282,7 @@ class PrefixCaptioner(nn.Module):
         the mean (and are trained). The returned score is minus that per-caption loss, so that the
         method's ``-mean(adv * score)`` equals the official ``mean(rewards * per_caption_loss)``.
         """
-        ids, mask = self.pack(self.tokenizer(list(captions), add_special_tokens=False).input_ids, stop=False)
+        ids, mask = self.pack(self.tokenizer(list(captions), add_special_tokens=False).input_ids, add_stop=False)
         length = ids.shape[1]
         prefix = self.prefix(emb)
         p = prefix.shape[1]
@@ -273,12 +299,17 @@ class PrefixCaptioner(nn.Module):
         return logp.sum(-1) / valid.sum(-1).clamp(min=1)
 
     # ------------------------------------------------------------- decoding
-    def _decode(self, seqs: Tensor) -> list[str]:
+    def cut_at_stop(self, row: Sequence[int]) -> list[int]:
+        """Generated ids up to and including the first STOP (all of them when there is none)."""
+        row = list(row)
+        return row[:row.index(self.stop_id) + 1] if self.stop_id in row else row
+
+    def decode_tokens(self, token_lists: Sequence[Sequence[int]]) -> list[str]:
+        """Generated ids -> stripped captions (cut at the first STOP; special tokens and the stop text removed)."""
         out = []
-        for row in seqs.tolist():
-            if self.stop_id in row:
-                row = row[:row.index(self.stop_id)]
-            text = self.tokenizer.decode(row, skip_special_tokens=True)
+        for row in token_lists:
+            row = self.cut_at_stop(row)
+            text = self.tokenizer.decode([t for t in row if t != self.stop_id], skip_special_tokens=True)
             if self.config.stop_token:
                 text = text.split(self.config.stop_token)[0]
             out.append(text.strip())
@@ -286,16 +317,28 @@ class PrefixCaptioner(nn.Module):
 
     @torch.no_grad()
     def generate(self, emb: Tensor, num_return_sequences: int = 1, num_beams: int | None = None,
-                 do_sample: bool = False) -> list[list[str]]:
+                 do_sample: bool = False, *, top_k: int | None = None, top_p: float | None = None,
+                 temperature: float | None = None, no_repeat_ngram_size: int = 0, min_new_tokens: int | None = None,
+                 max_new_tokens: int | None = None, bad_words_ids: Sequence[Sequence[int]] | None = None,
+                 return_tokens: bool = False) -> list[list[str]] | tuple[list[list[str]], list[list[list[int]]]]:
         """Decode captions for ``[B, D]`` CLIP embeddings with ``transformers`` ``generate`` (KV cache).
 
         Args:
             emb: ``[B, D]`` CLIP embeddings.
             num_return_sequences: captions per row ``K``.
-            num_beams: beam width (default ``K``); ignored when sampling.
-            do_sample: nucleus sampling (``top_p``, ``temperature`` from the config) instead of beams.
+            num_beams: beam width (default ``K``; 1 = greedy); ignored when sampling.
+            do_sample: sampling instead of beams: nucleus (``top_p``, ``temperature`` from the config) unless the
+                options below say otherwise.
+            top_k, top_p, temperature: sampling options (``None``: top-k off, the config's ``top_p`` and
+                ``temperature``).
+            no_repeat_ngram_size: forbid repeating any n-gram of the generated tokens (0: off).
+            min_new_tokens, max_new_tokens: length limits (``None``: the config's).
+            bad_words_ids: token id sequences never generated (``transformers``' bad-words filter).
+            return_tokens: also return the exact generated ids of each caption, cut after the first STOP
+                (STOP included when the model ended the caption).
         Returns:
-            ``B`` lists of ``K`` stripped captions (case kept), beam order (best first).
+            ``B`` lists of ``K`` stripped captions (case kept), beam order (best first); with ``return_tokens``,
+            ``(captions, tokens)`` where ``tokens`` is ``B`` lists of ``K`` id lists.
         """
         from transformers import GenerationConfig
 
@@ -303,9 +346,15 @@ class PrefixCaptioner(nn.Module):
         k = num_return_sequences
         gen = GenerationConfig(
             do_sample=do_sample, num_beams=1 if do_sample else (num_beams or k), num_return_sequences=k,
-            top_p=cfg.top_p if do_sample else 1.0, top_k=0 if do_sample else 50, temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, length_penalty=cfg.length_penalty,
-            eos_token_id=self.stop_id, pad_token_id=self.pad_id, bos_token_id=self.bos_id, use_cache=True)
+            top_p=(cfg.top_p if top_p is None else top_p) if do_sample else 1.0,
+            top_k=(top_k or 0) if do_sample else 50,
+            temperature=cfg.temperature if temperature is None else temperature,
+            no_repeat_ngram_size=no_repeat_ngram_size or None,
+            bad_words_ids=[list(b) for b in bad_words_ids] if bad_words_ids else None,
+            max_new_tokens=cfg.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens if min_new_tokens is None else min_new_tokens,
+            length_penalty=cfg.length_penalty, eos_token_id=self.stop_id, pad_token_id=self.pad_id,
+            bos_token_id=self.bos_id, use_cache=True)
         was_training = self.training
         self.eval()
         try:
@@ -314,8 +363,14 @@ class PrefixCaptioner(nn.Module):
             bos = torch.full((b, 1), self.bos_id, dtype=torch.long, device=prefix.device)
             embeds = self._embed(prefix, bos)
             att = torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device)
-            seqs = self.lm.generate(inputs_embeds=embeds, attention_mask=att, generation_config=gen)
+            with warnings.catch_warnings():   # n-gram blocking sees the generated tokens only: what we want
+                warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds.*")
+                seqs = self.lm.generate(inputs_embeds=embeds, attention_mask=att, generation_config=gen)
         finally:
             self.train(was_training)
-        texts = self._decode(seqs)
-        return [texts[i * k:(i + 1) * k] for i in range(b)]
+        tokens = [self.cut_at_stop(row) for row in seqs.tolist()]
+        texts = self.decode_tokens(tokens)
+        out = [texts[i * k:(i + 1) * k] for i in range(b)]
+        if return_tokens:
+            return out, [tokens[i * k:(i + 1) * k] for i in range(b)]
+        return out

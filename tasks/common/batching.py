@@ -11,18 +11,44 @@ an error stays with the sample that raised it.
 from __future__ import annotations
 
 import logging
+import resource
 import time
+import traceback
 from typing import Any, Callable, Iterable
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["process_batched", "auto_batch", "AUTO_MEMORY_FRACTION", "AUTO_MAX", "AUTO_CPU"]
+__all__ = ["process_batched", "process_one", "peak_memory_mb", "auto_batch", "AUTO_MEMORY_FRACTION", "AUTO_MAX", "AUTO_CPU"]
 
 AUTO_MEMORY_FRACTION = 0.8
 AUTO_MAX = 64
 AUTO_CPU = 8
+
+
+def peak_memory_mb(device: torch.device | None) -> float:
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def process_one(task: Any, i: int, sample: Any, err: str | None, device: torch.device | None) -> dict:
+    """The record of sample ``i`` (``task.process``, or the error it raised or its loading raised)."""
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"index": i, "id": task.sample_id(i)}
+    if err is None:
+        try:
+            rec.update(task.process(i, sample))
+        except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+            err = f"{type(e).__name__}: {e}"
+            logger.debug("sample %d failed:\n%s", i, traceback.format_exc())
+    if err is not None:
+        rec["error"] = err
+        logger.warning("sample %d (%s): %s", i, rec["id"], err)
+    rec["time"] = time.perf_counter() - t0
+    rec["peak_mem_mb"] = round(peak_memory_mb(device), 1)
+    return rec
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -42,8 +68,6 @@ def process_batched(task: Any, stream: Iterable[tuple[int, Any, str | None]], ba
                     write: Callable[[dict], None], device: torch.device | None,
                     peak_mb: Callable[[], float]) -> None:
     """Consume ``stream`` (``(index, sample, load error)``), writing one record per sample."""
-    from .runner import process_one
-
     if not hasattr(task, "process_batch"):
         raise TypeError(f"{type(task).__name__} has no process_batch: use run.batch=1")
     if batch != "auto" and (not isinstance(batch, int) or batch < 1):

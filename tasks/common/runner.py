@@ -27,15 +27,15 @@ import json
 import logging
 import os
 import random
-import resource
-import time
-import traceback
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from .batching import peak_memory_mb as _peak_memory_mb
+from .batching import process_batched, process_one
 
 logger = logging.getLogger(__name__)
 
@@ -215,30 +215,6 @@ def _iterate(task: Task, indices: Sequence[int], workers: int) -> Iterator[tuple
     yield from loader
 
 
-def _peak_memory_mb(device: torch.device | None) -> float:
-    if device is not None and device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def process_one(task: Task, i: int, sample: Any, err: str | None, device: torch.device | None) -> dict:
-    """The record of sample ``i`` (``task.process``, or the error it raised or its loading raised)."""
-    t0 = time.perf_counter()
-    rec: dict[str, Any] = {"index": i, "id": task.sample_id(i)}
-    if err is None:
-        try:
-            rec.update(task.process(i, sample))
-        except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-            err = f"{type(e).__name__}: {e}"
-            logger.debug("sample %d failed:\n%s", i, traceback.format_exc())
-    if err is not None:
-        rec["error"] = err
-        logger.warning("sample %d (%s): %s", i, rec["id"], err)
-    rec["time"] = time.perf_counter() - t0
-    rec["peak_mem_mb"] = round(_peak_memory_mb(device), 1)
-    return rec
-
-
 def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = None,
         shuffle_seed: int | None = None, allow_online_sharding: bool = False, shuffle: str = "python",
         device: torch.device | None = None, desc: str = "samples", meta: dict | None = None,
@@ -301,8 +277,6 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
 
         bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, disable=rank != 0, dynamic_ncols=True)
         if batch not in (None, 1):
-            from .batching import process_batched
-
             process_batched(task, bar, batch, write, device, lambda: round(_peak_memory_mb(device), 1))
         else:
             for i, sample, err in bar:
