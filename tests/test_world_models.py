@@ -147,14 +147,14 @@ def test_augment_from_keeps_the_first_steps_clean(tmp_path, world) -> None:
 
 def test_augment_p_mixes_clean_and_augmented_images(tmp_path, world, monkeypatch) -> None:
     """augment_p=1 is the plain heavy run (same random stream); 0.5 keeps about half of each batch clean."""
-    import tasks.world.train as tr
+    import tasks.common.train_clip as tr
 
     images, _, caps = load_split_tensors("train", root=tmp_path, world=world)
     tok = open_clip.get_tokenizer("World-Filter-RN")
     tokens = tok([c for cs in caps for c in cs]).view(len(caps), 5, -1)
     seen = []
     real = tr.augment_batch
-    monkeypatch.setattr(tr, "augment_batch", lambda x, g, kind: seen.append(x) or real(x, g, kind))
+    monkeypatch.setattr(tr, "augment_batch", lambda x, g, kind, flip=True: seen.append(x) or real(x, g, kind, flip=flip))
     losses = {}
     for p in (1.0, 0.5):
         torch.manual_seed(0)

@@ -70,7 +70,8 @@ def model_specs(world: WorldConfig) -> dict[str, ModelSpec]:
     """The three model specs (training hyper-parameters chosen on ``dev``)."""
     return {
         "filter": ModelSpec("filter", world.filter_model,
-                            TrainConfig(steps=world.filter_steps, lr=2e-3, seed=3, augment="none"), ("train",), 1.4),
+                            TrainConfig(steps=world.filter_steps, batch_size=min(128, world.size("train")), lr=2e-3,
+                                        seed=3, augment="none"), ("train",), 1.4),
         # dev zero-shot of the policy by steps: 1200 76.4, 1600 83.7, 2000 88.0, 2400 88.7
         "policy": ModelSpec("policy", "World-Policy-RN",
                             TrainConfig(steps=2400, batch_size=64, lr=2e-3, seed=1, augment="none"), ("train",), 2.0),
