@@ -343,3 +343,30 @@ def test_what_hf_clip_cannot_express_is_refused():
     cfg.vision_config.vision_use_head = False
     with pytest.raises(NotImplementedError, match="vision_use_head"):
         HFCLIP(transformers.SiglipModel(cfg))
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_retrieval_both_directions_over_the_wrapper(folders, kind):
+    from tasks.retrieval.policies import ImageToTextPolicy, TextToImagePolicy, encode_text_gallery
+
+    model, _, tok = load_hf_clip(folders[kind])
+    rmodel, _, rtok = load_hf_clip(folders[f"{kind}-reward"])
+    reward, captions = rlcf.CLIPReward(rmodel, rtok), [f"a {c} {s}" for c in ("red", "blue") for s in ("dot", "star")]
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        gallery = model.encode_image(images)
+    reward.set_candidates(captions)
+    i2t = ImageToTextPolicy(model, encode_text_gallery(model, tok, captions))
+    t2i = TextToImagePolicy(model, gallery, tok)
+    names = set(t2i.trainable_parameters())
+    assert names == {f"clip.{n}" for n, _ in model.named_parameters() if not n.startswith("visual.")}
+    for policy, queries, candidates in ((i2t, list(images[:3]), captions), (t2i, captions[:3], images)):
+        reward.set_candidates(candidates)
+        method = rlcf.create_method("rlcf", policy, reward, lr=1e-5, selection=1.0, k=3)
+        state0 = {k: v.clone() for k, v in policy.state_dict().items()}
+        with torch.no_grad():
+            alone = [method(q) for q in queries]
+            together = method.forward_batch(queries)
+        for a, t in zip(alone, together, strict=True):
+            assert torch.isfinite(a).all() and torch.allclose(a, t, atol=1e-5, rtol=0)
+        assert all(torch.equal(v, state0[k]) for k, v in policy.state_dict().items())
