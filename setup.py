@@ -26,6 +26,7 @@ setup(
         "pillow",
         "matplotlib",
     ],
+    entry_points={"console_scripts": ["rlcf = tasks.command:console"]},
     extras_require={
         "test": ["pytest>=7"],
         "caption": ["pycocoevalcap"],

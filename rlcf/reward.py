@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["clip_score", "CLIPLike", "CLIPReward", "EnsembleReward", "Reward", "input_resolution", "encode_batched"]
+__all__ = ["clip_score", "CLIPLike", "CLIPReward", "EnsembleReward", "Reward", "input_resolution", "input_norm",
+           "encode_batched"]
 
 
 @runtime_checkable
@@ -71,6 +72,16 @@ def clip_score(image_feats: Tensor, text_feats: Tensor, weight: float = 2.5) -> 
     return weight * cos.clamp(min=0.0)
 
 
+def input_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` a model's images are normalised with (``visual.image_mean`` / ``image_std``, set by
+    open_clip and the HF wrapper), or ``None`` if it does not say."""
+    visual = getattr(model, "visual", None)
+    mean, std = getattr(visual, "image_mean", None), getattr(visual, "image_std", None)
+    if mean is None or std is None:
+        return None
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def input_resolution(model: nn.Module) -> int | None:
     """Square input size of an open_clip visual tower (``None`` if unknown)."""
     size = getattr(getattr(model, "visual", None), "image_size", None)
@@ -87,17 +98,25 @@ class CLIPReward:
         tokenizer: ``list[str] -> LongTensor[N, L]``, needed for text queries/candidates.
         weight: CLIPScore weight.
         batch_size: chunk size for encoding many texts/images.
+        input_norm: ``(mean, std)`` the query images arrive normalised with (the policy's,
+            :func:`input_norm` of the policy model); ``None``: already the reward model's.
 
     Images are resized bicubically (``align_corners=True``, as the official code) to the reward
-    model's own input size when they arrive at another one (RLCF-S: 336 / 448 px members).
+    model's own input size when they arrive at another one (RLCF-S: 336 / 448 px members), and
+    re-normalised to the reward model's mean / std when ``input_norm`` differs from them (a SigLIP
+    reward, mean = std = 0.5, behind an OpenAI-normalised CLIP policy). Between two OpenAI CLIPs (the
+    paper's setting) both are no-ops on the normalisation.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Callable[[list[str]], Tensor] | None = None,
-                 weight: float = 2.5, batch_size: int = 256) -> None:
+                 weight: float = 2.5, batch_size: int = 256,
+                 input_norm: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.weight = weight
         self.resolution = input_resolution(model)
+        self._renorm: tuple[Tensor, Tensor] | None = None
+        self.set_input_norm(input_norm)
         self.batch_size = batch_size
         self.candidate_feats: Tensor | None = None
         self._queries: dict[Any, tuple[Any, int | None, Tensor]] = {}   # key -> (query, version, features)
@@ -108,6 +127,19 @@ class CLIPReward:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def set_input_norm(self, norm: tuple[Sequence[float], Sequence[float]] | None) -> None:
+        """Declare the ``(mean, std)`` query images arrive with; ``x * a + b`` maps them to the reward's own."""
+        own = input_norm(self.model)
+        self._renorm = None
+        if norm is None or own is None:
+            return
+        (m_in, s_in), (m, s) = [(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32))
+                                for a, b in (norm, own)]
+        if torch.allclose(m_in, m) and torch.allclose(s_in, s):
+            return
+        a = s_in / s                     # (x * s_in + m_in - m) / s
+        self._renorm = (a.view(1, -1, 1, 1), ((m_in - m) / s).view(1, -1, 1, 1))
+
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
         """``[N, 3, H, W]`` -> normalised ``[N, D]`` (float32)."""
@@ -116,6 +148,9 @@ class CLIPReward:
         images = images.to(self.device)
         if self.resolution is not None and images.shape[-1] != self.resolution:
             images = F.interpolate(images.float(), size=self.resolution, mode="bicubic", align_corners=True)
+        if self._renorm is not None:
+            a, b = (t.to(images.device) for t in self._renorm)
+            images = (images.float() * a + b).to(images.dtype)
         self.encode_calls += 1
         return encode_batched(self.model.encode_image, images, self.batch_size)
 

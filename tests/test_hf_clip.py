@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 import rlcf
-from conftest import CLASSNAMES, FIXTURES, make_clip
+from conftest import CLASSNAMES, FIXTURES, SIGLIP_CONTEXT, make_clip, save_tiny_hf
+from conftest import tiny_hf_config as _tiny_config
 from rlcf.batched import _vmap_friendly
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
 from tasks.common.data import MissingDataError, UserError
@@ -29,33 +30,8 @@ from tasks.common.text import encode_texts, text_tower
 
 transformers = pytest.importorskip("transformers")
 
-SIGLIP_CONTEXT = 24
 SENTENCES = ["a photo of a cat.", "A Tree_Frog, jumping!! (twice)", "  golden   retriever ", "it's 2024: don't stop",
              "house_finch on a car; 3 dogs?"]
-
-
-def _tiny_config(kind: str):
-    text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2}
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}
-    if kind == "clip":
-        return transformers.CLIPConfig(text_config={**text, "max_position_embeddings": 77},
-                                       vision_config={**vision, "hidden_size": 64, "intermediate_size": 128},
-                                       projection_dim=32)
-    return transformers.SiglipConfig(text_config={**text, "max_position_embeddings": SIGLIP_CONTEXT},
-                                     vision_config=vision)
-
-
-def _save_folder(folder, model, kind: str):
-    model.save_pretrained(folder)
-    if kind == "clip":
-        proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    else:
-        proc = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
-    proc.save_pretrained(folder)
-    hf_clip_tokenizer_from_open_clip(folder, context_length=77 if kind == "clip" else SIGLIP_CONTEXT)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +40,7 @@ def folders(tmp_path_factory):
     out = {}
     for kind in ("clip", "siglip"):
         for name, seed in ((kind, 0), (f"{kind}-reward", 1)):
-            torch.manual_seed(seed)
-            cls = transformers.CLIPModel if kind == "clip" else transformers.SiglipModel
-            out[name] = _save_folder(tmp_path_factory.mktemp(name), cls(_tiny_config(kind)).eval(), kind)
+            out[name] = save_tiny_hf(tmp_path_factory.mktemp(name), kind, seed)
     return out
 
 

@@ -159,7 +159,7 @@ class CaptionTask:
         items = load_annotations(ann, d["split"], d["domain"])
         clip, preprocess, _ = build_clip(cfg["model"], device)
         mcls = rlcf.get_method(cfg["method"])
-        reward = build_reward(cfg["reward"], device) if mcls.needs_reward else None
+        reward = build_reward(cfg["reward"], device, clip) if mcls.needs_reward else None
         scorer = None
         if cfg["eval"]["enabled"]:
             emodel, _, etok = build_clip(cfg["eval"], device)

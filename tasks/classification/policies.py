@@ -20,7 +20,7 @@ from ..common.text import encode_texts, text_tower
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PromptPolicy", "EncoderPolicy", "encode_texts", "class_prompts"]
+__all__ = ["PromptPolicy", "EncoderPolicy", "encode_texts", "class_prompts", "context_of_template"]
 
 
 def class_prompts(classnames: Sequence[str], template: str = "a photo of a {}.") -> list[str]:
@@ -28,6 +28,14 @@ def class_prompts(classnames: Sequence[str], template: str = "a photo of a {}.")
     if len(classnames) == 0:
         raise ValueError("zero classes: a classification policy needs at least one class name")
     return [template.format(n.replace("_", " ")) for n in classnames]
+
+
+def context_of_template(template: str) -> str:
+    """``"a photo of a {}."`` -> ``"a photo of a"``: the words a prompt-tuning context starts from."""
+    if not template.endswith("{}.") or template.count("{}") != 1 or not template[:-3].strip():
+        raise ValueError(f"a prompt-tuning template must be '<words> {{}}.' (the context, then the class name and a "
+                         f"period), got {template!r}")
+    return template[:-3].strip()
 
 
 class _ClipPolicy(DiscretePolicy):
@@ -74,13 +82,19 @@ class PromptPolicy(_ClipPolicy):
         ctx_init: words initialising the context (their token count sets n_ctx).
         text_chunk: classes per text-tower chunk (``None``: all at once).
         truncate: run the text tower only up to the longest prompt (exact; see module docs).
+        template: the class prompt as the other APIs take it (``"a photo of a {}."``, as
+            ``EncoderPolicy(template=)`` and ``class_prompts(template=)``): sets ``ctx_init`` to the words
+            before ``{}``; it must end in ``{}.`` (the learnable context is always followed by ``{name}.``).
     """
 
     query_trainable = False
 
     def __init__(self, clip: nn.Module, classnames: Sequence[str], tokenizer: Callable, n_ctx: int = 4,
-                 ctx_init: str | None = "a photo of a", text_chunk: int | None = None, truncate: bool = True) -> None:
+                 ctx_init: str | None = "a photo of a", text_chunk: int | None = None, truncate: bool = True,
+                 template: str | None = None) -> None:
         super().__init__(clip)
+        if template is not None:
+            ctx_init = context_of_template(template)
         self.tower = tower = text_tower(clip)
         device = next(clip.parameters()).device
         with torch.no_grad():

@@ -42,10 +42,27 @@ def report(u: cli.Unit, summary: dict) -> str:
             f"ECE {m.get('ece', float('nan')):.2f}")
 
 
+def results_table(cfg: dict, results: dict[str, dict]) -> str:
+    """The markdown table a run prints and writes to ``<out_dir>/results.md``: one row per set."""
+    rows = ["| set | method | policy | samples | top-1 | top-1 95% CI | top-5 | ECE | s/sample |",
+            "|---|---|---|---:|---:|---|---:|---:|---:|"]
+    for name, r in results.items():
+        m = r["metrics"]
+        errors = f" ({r['errors']} errors)" if r["errors"] else ""
+        rows.append(f"| {name} | {cfg['method']} | {cfg['policy']} | {r['n'] - r['errors']}{errors} | "
+                    f"{m['top1']:.2f} | {m['top1_ci95_low']:.1f} - {m['top1_ci95_high']:.1f} | {m['top5']:.2f} | "
+                    f"{m['ece']:.2f} | {r['time_per_sample_median'] or 0:.3f} |")
+    return "\n".join(rows) + "\n"
+
+
 def finish(cfg: dict, results: dict[str, dict]) -> None:
-    Path(cfg["run"]["out_dir"], "results.json").write_text(
+    out = Path(cfg["run"]["out_dir"])
+    (out / "results.json").write_text(
         json.dumps({k: {x: v["metrics"].get(x) for x in ("top1", "top5", "ece")} for k, v in results.items()},
                    indent=2))
+    table = results_table(cfg, results)
+    (out / "results.md").write_text(table)
+    print(f"\n{table}\nresults: {out / 'results.md'} (records and summary.md per set under {out}/<set>)")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -92,9 +92,10 @@ def class_template(cfg: dict) -> str:
     return (cfg["prompt"]["ctx_init"] or "a photo of a").replace("_", " ") + " {}."
 
 
-def build_reward(cfg: dict, classnames, device: torch.device):
-    """The reward (or RLCF-S ensemble) with the class prompts cached once per dataset."""
-    reward = build_reward_models(cfg["reward"], device)
+def build_reward(cfg: dict, classnames, device: torch.device, policy_clip=None):
+    """The reward (or RLCF-S ensemble) with the class prompts cached once per dataset; ``policy_clip``: the
+    model whose normalisation the views carry (mapped to the reward's own when they differ)."""
+    reward = build_reward_models(cfg["reward"], device, policy_clip)
     reward.set_candidates(class_prompts(classnames, class_template(cfg)))
     return reward
 
@@ -130,7 +131,7 @@ class ClassificationTask:
         clip, _, tok = build_clip(cfg["model"], device)
         res = cfg["views"]["resolution"] or input_resolution(clip)
         mcls = rlcf.get_method(cfg["method"])
-        reward = build_reward(cfg, dataset.classnames, device) if mcls.needs_reward else None
+        reward = build_reward(cfg, dataset.classnames, device, clip) if mcls.needs_reward else None
         policy = build_policy(cfg["policy"], clip, dataset.classnames, tok, cfg, dataset.templates).to(device)
         adapt = dict(cfg["adapt"])
         method = rlcf.create_method(cfg["method"], policy, reward, AdaptConfig(**adapt))

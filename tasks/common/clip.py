@@ -3,7 +3,9 @@
 ``load_clip("ViT-B/16", "pretrained/clip/ViT-B-16.pt")`` loads an OpenAI ``.pt`` (TorchScript)
 file; ``load_clip("ViT-B-16", "openai")`` uses open_clip's tag (needs the network or open_clip's
 cache); ``load_clip("MyArch", "ckpt.pt", config_file="MyArch.json")`` registers an architecture
-JSON first. Missing files and unknown names raise errors that name them and list what exists.
+JSON first; ``load_clip("hf:pretrained/hf/siglip-base-patch16-224")`` loads a local Hugging Face
+CLIP / SigLIP folder (:mod:`tasks.common.hf_clip`). Missing files and unknown names raise errors
+that name them and list what exists.
 """
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .data import MissingDataError, UserError
+from .data import MissingDataError, UserError, repo_path
 from .text import encode_texts, text_features, text_tower
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle", "build_clip", "resolve_device",
            "build_reward", "checkpoint_problems", "eot_index", "text_features", "text_features_from_embeddings",
-           "encode_texts", "file_fingerprint", "weights_fingerprint", "run_fingerprint"]
+           "encode_texts", "file_fingerprint", "folder_fingerprint", "weights_fingerprint", "run_fingerprint",
+           "is_hf", "hf_folder"]
 
 ClipBundle = tuple[nn.Module, Callable, Callable]
 
@@ -33,9 +36,6 @@ _OPENAI_NAMES = {"ViT-L/14@336px": "ViT-L-14-336", "ViT-L-14@336px": "ViT-L-14-3
 def canonical_arch(name: str) -> str:
     """OpenAI spelling (``ViT-B/16``, ``ViT-L/14@336px``) -> open_clip name (``ViT-B-16``)."""
     return _OPENAI_NAMES.get(name, name.replace("/", "-"))
-
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ModelNameError(UserError, KeyError):
@@ -63,15 +63,6 @@ def _quiet_random_init(active: bool) -> Iterator[None]:
         logging.getLogger().removeFilter(f)
 
 
-def repo_path(path: str | Path) -> Path:
-    """``path``, or, when it is relative and absent here, the same path under the repository root (configs
-    name repository files such as ``tasks/world/model_configs/World-Policy-RN.json`` from the root)."""
-    p = Path(path).expanduser()
-    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
-        return REPO_ROOT / p
-    return p
-
-
 def register_model_config(path: str | Path) -> str:
     """Register an open_clip architecture JSON (file or folder of files); returns the file's stem."""
     import open_clip
@@ -95,7 +86,8 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
     """Create an open_clip model, its eval preprocessing and tokenizer.
 
     Args:
-        name: open_clip architecture (``ViT-B-16``) or OpenAI spelling (``ViT-B/16``).
+        name: open_clip architecture (``ViT-B-16``), OpenAI spelling (``ViT-B/16``), or ``hf:<folder>``
+            for a local Hugging Face ``CLIPModel`` / ``SiglipModel`` folder (``pretrained`` must then be unset).
         pretrained: an open_clip tag (``openai``), a local checkpoint (state_dict / OpenAI
             TorchScript ``.pt``), or ``None`` for random weights.
         device: target device.
@@ -104,6 +96,8 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
     Returns:
         ``(model, preprocess, tokenizer)`` with the model in eval mode.
     """
+    if is_hf(name):
+        return _load_hf(name, pretrained, device, precision)
     import open_clip
 
     if config_file is not None:
@@ -143,6 +137,32 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
                 f"the checkpoint elsewhere, put it under pretrained/clip/ and pass its path.") from e
         raise
     return model.eval(), preprocess, open_clip.get_tokenizer(arch)
+
+
+HF_PREFIX = "hf:"
+_HF_DTYPES = {"fp32": torch.float32, "amp": torch.float32, "pure_fp16": torch.float16, "fp16": torch.float16,
+              "pure_bf16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def is_hf(name: str | None) -> bool:
+    """``True`` for an ``hf:<folder>`` model name (a local Hugging Face transformers folder)."""
+    return isinstance(name, str) and name.startswith(HF_PREFIX)
+
+
+def hf_folder(name: str) -> Path:
+    """The folder of an ``hf:<folder>`` name (relative paths also tried under the repository root)."""
+    return repo_path(name[len(HF_PREFIX):])
+
+
+def _load_hf(name: str, pretrained: str | None, device: str | torch.device, precision: str) -> ClipBundle:
+    from .hf_clip import load_hf_clip
+
+    if pretrained is not None:
+        raise UserError(f"model '{name}' is a Hugging Face folder holding its own weights: leave pretrained unset "
+                        f"(got pretrained='{pretrained}')")
+    if precision not in _HF_DTYPES:
+        raise UserError(f"precision '{precision}' is not one of {sorted(_HF_DTYPES)} for HF model '{name}'")
+    return load_hf_clip(hf_folder(name), device=device, dtype=_HF_DTYPES[precision])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -187,10 +207,24 @@ def weights_fingerprint(cfg: dict) -> dict:
             continue
         members = spec.get("ensemble") or [spec]
         for i, m in enumerate(members):
-            path = m.get("pretrained")
+            path, name = m.get("pretrained"), key if len(members) == 1 else f"{key}.{i}"
             if _is_path(path) and Path(path).is_file():
-                out[key if len(members) == 1 else f"{key}.{i}"] = file_fingerprint(path)
+                out[name] = file_fingerprint(path)
+            elif is_hf(m.get("arch")) and hf_folder(m["arch"]).is_dir():
+                out[name] = folder_fingerprint(hf_folder(m["arch"]))
     return out
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """SHA-256 over the names and :func:`file_fingerprint` of a model folder's files (an HF folder: weights,
+    config, processor and tokenizer files all change what a run computes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(folder)
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.relative_to(root).parts):
+        h.update(f"{f.relative_to(root).as_posix()}:{file_fingerprint(f)}\n".encode())
+    return h.hexdigest()
 
 
 def run_fingerprint(cfg: dict) -> dict:
@@ -200,16 +234,19 @@ def run_fingerprint(cfg: dict) -> dict:
     return {**result_fingerprint(cfg), "weights": weights_fingerprint(cfg)}
 
 
-def build_reward(reward_cfg: dict, device: torch.device):
+def build_reward(reward_cfg: dict, device: torch.device, policy: nn.Module | None = None):
     """``rlcf.CLIPReward`` from ``{arch, pretrained, config_file, weight}``, or ``rlcf.EnsembleReward``
-    (RLCF-S) when ``ensemble`` lists member specs with a ``confidence`` each. Nothing is cached yet."""
+    (RLCF-S) when ``ensemble`` lists member specs with a ``confidence`` each. Nothing is cached yet.
+    ``policy``: the policy CLIP whose preprocessed images the reward receives (their mean / std are mapped
+    to each reward model's own when they differ, e.g. a SigLIP reward behind an OpenAI CLIP policy)."""
     import rlcf
 
     members = reward_cfg.get("ensemble") or [dict(reward_cfg, confidence=1.0)]
+    norm = rlcf.reward.input_norm(policy) if policy is not None else None
     rewards, confidences = [], []
     for spec in members:
         model, _, tok = build_clip(spec, device)
-        rewards.append(rlcf.CLIPReward(model, tok, weight=reward_cfg.get("weight", 2.5)))
+        rewards.append(rlcf.CLIPReward(model, tok, weight=reward_cfg.get("weight", 2.5), input_norm=norm))
         confidences.append(spec.get("confidence", 1.0))
     return rewards[0] if len(rewards) == 1 else rlcf.EnsembleReward(rewards, confidences)
 
@@ -229,6 +266,10 @@ WEIGHTS_HINT = ("OpenAI CLIP checkpoints (ViT-B-16.pt, ViT-L-14.pt; for RLCF-S a
                 "`python -m tasks.world` (or `bash scripts/demo.sh`).")
 
 
+HF_HINT = ("Save one with `save_pretrained` (model, image processor, tokenizer) or, with network access, "
+           "`hf download <hub-id> --local-dir pretrained/hf/<name>`, and name it model.arch=hf:pretrained/hf/<name>.")
+
+
 def _is_path(value: str | None) -> bool:
     return bool(value) and ("/" in value or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors"))
 
@@ -243,6 +284,15 @@ def checkpoint_problems(cfg: dict) -> list[str]:
         specs += [("reward model", s) for s in (cfg["reward"]["ensemble"] or [cfg["reward"]])]
     out = []
     for what, spec in specs:
+        if is_hf(spec.get("arch")):
+            folder = hf_folder(spec["arch"])
+            if not (folder / "config.json").is_file():
+                owner = {"clip-vit": "openai", "siglip": "google"}
+                hub = next((f"{o}/{folder.name}" for k, o in owner.items() if folder.name.startswith(k)), None)
+                hint = (f"With network access: `hf download {hub} --local-dir {folder}`; or save your own there "
+                        "with `save_pretrained` (model, image processor, tokenizer)." if hub else HF_HINT)
+                out.append(f"{what}: no Hugging Face model folder at {folder} (config.json missing). {hint}")
+            continue
         if _is_path(spec.get("pretrained")) and not Path(spec["pretrained"]).is_file():
             out.append(f"{what} checkpoint not found: {spec['pretrained']}. {WEIGHTS_HINT}")
         if spec.get("config_file") and not repo_path(spec["config_file"]).is_file():

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .data import UserError
+from .data import UserError, repo_path
 
 __all__ = ["load_config", "merge", "apply_overrides", "dump_config", "expand_env", "for_set", "ConfigKeyError",
            "ConfigTypeError", "ConfigValueError"]
@@ -115,7 +115,7 @@ def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
     """
     cfg = copy.deepcopy(dict(defaults))
     if path is not None:
-        cfg = merge(cfg, _read_yaml(Path(path)))
+        cfg = merge(cfg, _read_yaml(repo_path(path)))
     cfg = expand_env(apply_overrides(cfg, overrides))
     for pattern, delta in (cfg.get("per_set") or {}).items():   # a wrong key fails now, not at that set
         merge({k: v for k, v in cfg.items() if k != "per_set"}, delta, path=f"per_set.{pattern}.")

@@ -24,6 +24,18 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_path(path: str | Path) -> Path:
+    """``path``, or, when it is relative and absent here, the same path under the repository root (configs
+    name repository files such as ``tasks/world/model_configs/World-Policy-RN.json`` from the root, and
+    ``rlcf run ... --config configs/<task>/<name>.yaml`` works from any folder)."""
+    p = Path(path).expanduser()
+    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
+    return p
+
 __all__ = ["ImageListDataset", "MissingDataError", "UserError", "require_path", "hub_download_command"]
 
 

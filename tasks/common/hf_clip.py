@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -312,6 +313,22 @@ def _missing(path: str | Path, what: str) -> MissingDataError:
         f"access run `{hub_download_command(repo, folder)}`, then pass that folder (model.arch=hf:{folder}).")
 
 
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers' "Loading weights" bar off unless its logger is at INFO (``--verbose``): one progress bar
+    per run, the runner's."""
+    from transformers.utils import logging as hf_logging
+
+    quiet = logging.getLogger("transformers").getEffectiveLevel() > logging.INFO and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf_clip(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  attn_implementation: str | None = None) -> tuple[HFCLIP, Callable[[Any], Tensor], HFTokenizer]:
     """Load a local HF ``CLIPModel`` / ``SiglipModel`` folder through transformers (``local_files_only``).
@@ -346,11 +363,12 @@ def load_hf_clip(path: str | Path, device: str | torch.device = "cpu", dtype: to
               lambda: AutoImageProcessor.from_pretrained(p, local_files_only=True)),
              ("tokenizer", lambda: AutoTokenizer.from_pretrained(p, local_files_only=True))]
     loaded = []
-    for what, load in steps:
-        try:
-            loaded.append(load())
-        except OSError as e:
-            raise _missing(path, f"could not load the {what} from '{p}': {e}") from e
+    with _quiet_progress():
+        for what, load in steps:
+            try:
+                loaded.append(load())
+            except OSError as e:
+                raise _missing(path, f"could not load the {what} from '{p}': {e}") from e
     model, processor, tok = loaded
     if not any((p / f).is_file() for f in _TOKENIZER_FILES) or len(tok) < 4:
         # transformers builds an empty 2-token CLIPTokenizer from config.json alone, without an error

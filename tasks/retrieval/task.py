@@ -53,10 +53,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def build_reward(cfg: dict, device: torch.device):
+def build_reward(cfg: dict, device: torch.device, policy_clip=None):
     """:class:`rlcf.CLIPReward`, or :class:`rlcf.EnsembleReward` (RLCF-S) when ``reward.ensemble`` is set.
-    No candidate is cached here (see :meth:`RetrievalTask.from_config`)."""
-    return build_reward_models(cfg["reward"], device)
+    No candidate is cached here (see :meth:`RetrievalTask.from_config`). ``policy_clip``: the model whose
+    preprocessing the query / gallery images carry."""
+    return build_reward_models(cfg["reward"], device, policy_clip)
 
 
 def resolve_adapt(cfg: dict, direction: str, gallery_size: int, device: torch.device) -> AdaptConfig:
@@ -116,7 +117,7 @@ class RetrievalTask:
         clip, preprocess, tok = build_clip(cfg["model"], device)
         r = cfg["retrieval"]
         mcls = rlcf.get_method(cfg["method"])
-        reward = build_reward(cfg, device) if mcls.needs_reward else None
+        reward = build_reward(cfg, device, clip) if mcls.needs_reward else None
         if direction == "i2t":
             policy = ImageToTextPolicy(clip, encode_text_gallery(clip, tok, data.texts, r["gallery_batch"]))
             if reward is not None:
