@@ -46,6 +46,13 @@ need_opt() {
   fi
 }
 
+# hub_command REPO DIR: the download command of the installed huggingface_hub (its `hf` CLI, or the older
+# `huggingface-cli`), as tasks.common.data.hub_download_command prints it.
+hub_command() {
+  python -c "import sys; from tasks.common.data import hub_download_command as h; print(h(sys.argv[1], sys.argv[2]))" \
+    "$1" "$2"
+}
+
 # fail_if_missing: exit 2 once every check has printed its message.
 fail_if_missing() {
   if [ "$MISSING" -ne 0 ]; then
@@ -54,11 +61,19 @@ fail_if_missing() {
   fi
 }
 
+# preflight TASK [args...]: the task's Python pre-flight check (python -m tasks.TASK.check args...): it opens the
+# annotation files and resolves and opens the first and a few random images with the loaders' own rules, before
+# any model is loaded; exit 2 when it reports a problem (each on one ERROR: line).
+preflight() {
+  local task="$1"; shift
+  python -m "tasks.$task.check" "$@" || exit 2
+}
+
 # run_cls NAME CONFIG [key=value ...]: classification pre-flight check (fails at once naming missing files), then run.
 run_cls() {
   local name="$1" config="$2"; shift 2
   local args=("data.set_id=${SETS:-A/V/R/I/K}" "run.out_dir=$OUTPUT/$name" "$@" "${EXTRA_ARGS[@]}")
-  python -m tasks.classification.check --config "$ROOT/$config" "${args[@]}"
+  preflight classification --config "$ROOT/$config" "${args[@]}"
   python -m tasks.classification.run --config "$ROOT/$config" "${args[@]}"
 }
 
@@ -67,7 +82,7 @@ check_ret() {
   local configs=()
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do configs+=(--config "$ROOT/$1"); shift; done
   [ $# -gt 0 ] && shift
-  python -m tasks.retrieval.check "${configs[@]}" "$@" "${EXTRA_ARGS[@]}"
+  preflight retrieval "${configs[@]}" "$@" "${EXTRA_ARGS[@]}"
 }
 
 # run_ret OUT_NAME CONFIG DIRECTION [key=value ...]: one direction of one retrieval case.

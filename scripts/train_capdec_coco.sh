@@ -9,6 +9,8 @@
 # Inputs (environment variables, defaults in brackets):
 #   DATA_ROOT [<repo>/data], PRETRAINED [<repo>/pretrained], OUTPUT [<repo>/output]
 #   COCO_ANN    [$DATA_ROOT/coco/annotations/coco_karpathy_train.json]  LAVIS train file or Karpathy dataset_coco.json
+# Data layout (README.md): $DATA_ROOT/coco/annotations/coco_karpathy_train.json (images, in
+#   $DATA_ROOT/coco/images/{train2014,val2014}/, are not read: CapDec trains on the captions).
 # Output: $OUTPUT/capdec_opt125m_transformer_coco_01/ckpt-latest.pt (+ ckpt-epoch*.pt, train_log.jsonl);
 # features cached in $OUTPUT/features/. Rerunning the same command resumes from ckpt-latest.pt.
 set -euo pipefail

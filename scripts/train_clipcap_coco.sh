@@ -9,6 +9,8 @@
 #   DATA_ROOT [<repo>/data], PRETRAINED [<repo>/pretrained], OUTPUT [<repo>/output]
 #   COCO_ANN    [$DATA_ROOT/coco/annotations/coco_karpathy_train.json]  LAVIS train file or Karpathy dataset_coco.json
 #   COCO_IMAGES [$DATA_ROOT/coco/images]                                  folder holding train2014/ and val2014/
+# Data layout (README.md): $DATA_ROOT/coco/annotations/coco_karpathy_{train,test}.json, images in
+#   $DATA_ROOT/coco/images/{train2014,val2014}/.
 # Output: $OUTPUT/clipcap_opt125m_transformer_coco_01/ckpt-latest.pt (+ ckpt-epoch*.pt, train_log.jsonl);
 # features cached in $OUTPUT/features/. Rerunning the same command resumes from ckpt-latest.pt.
 set -euo pipefail

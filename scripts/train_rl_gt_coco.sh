@@ -14,6 +14,8 @@
 #   COCO_ANN      [$DATA_ROOT/coco/annotations/coco_karpathy_train.json]       LAVIS train file or dataset_coco.json
 #   COCO_TEST_ANN [$DATA_ROOT/coco/annotations/coco_karpathy_test.json]        evaluation split (LAVIS test file)
 #   COCO_IMAGES   [$DATA_ROOT/coco/images]                                      folder holding train2014/ and val2014/
+# Data layout (README.md): $DATA_ROOT/coco/annotations/coco_karpathy_{train,test}.json, images in
+#   $DATA_ROOT/coco/images/{train2014,val2014}/.
 #   CONFIG        [configs/caption_rl/gt_coco.yaml]   e.g. gt_coco_no_disc.yaml or gt_coco_no_gt.yaml (ablations),
 #                                                      gt_coco_train_lm.yaml / gt_coco_lora.yaml (what trains)
 # Output: $OUTPUT/clipcap_opt125m_transformer_coco_01/rl_gt_contrastive_01/ (rl-latest.pt, train_log.jsonl,
@@ -42,6 +44,9 @@ need_opt
 need_clip ViT-B-16   # captioner prefix encoder
 need_clip ViT-B-32   # reward model and evaluation CLIP
 fail_if_missing
+# the annotation files open and their first and a few random images resolve, before any model is loaded
+preflight caption_rl --config "$ROOT/$CONFIG" data.annotations="$COCO_ANN" data.images_root="$COCO_IMAGES" \
+  eval.annotations="$COCO_TEST_ANN" eval.images_root="$COCO_IMAGES" "$@"
 
 gpu_arg "$GPU"
 cd "$ROOT"

@@ -14,6 +14,8 @@
 #   COCO_ANN      [$DATA_ROOT/coco/annotations/coco_karpathy_train.json]       training images (captions unused)
 #   COCO_TEST_ANN [$DATA_ROOT/coco/annotations/coco_karpathy_test.json]        evaluation split (LAVIS test file)
 #   COCO_IMAGES   [$DATA_ROOT/coco/images]                                      folder holding train2014/ and val2014/
+# Data layout (README.md): $DATA_ROOT/coco/annotations/coco_karpathy_{train,test}.json, images in
+#   $DATA_ROOT/coco/images/{train2014,val2014}/.
 #   CONFIG        [configs/caption_rl/vlrm_coco.yaml]  or vlrm_rs_coco.yaml, vlrm_clip_coco.yaml, vlrm_coco_no_ref.yaml,
 #                                                        vlrm_coco_no_penalties.yaml
 #   ITM           [$PRETRAINED/blip2-itm-vit-g]       BLIP-2 ITM model folder (not needed by vlrm_clip_coco.yaml)
@@ -48,7 +50,7 @@ need_clip ViT-L-14   # reward CLIP (sim of vlrm_clip_coco.yaml; Phi unless PHI_C
 case "$CONFIG" in
   *vlrm_clip_coco*) ;;
   *) need "$ITM/config.json" "BLIP-2 ITM model (sim)" \
-       "Run once with network: huggingface-cli download Salesforce/blip2-itm-vit-g --local-dir $ITM (or set ITM; CONFIG=configs/caption_rl/vlrm_clip_coco.yaml uses CLIP instead)." ;;
+       "Run once with network: $(hub_command Salesforce/blip2-itm-vit-g "$ITM") (or set ITM; CONFIG=configs/caption_rl/vlrm_clip_coco.yaml uses CLIP instead)." ;;
 esac
 case "$CONFIG" in
   *vlrm_rs*) need "$PHI_CLIP" "OpenCLIP ViT-bigG-14 laion2b_s39b_b160k weights (VLRM-RS eq. 5)" \
@@ -57,6 +59,9 @@ esac
 need "$EVAL_CLIP" "OpenCLIP ViT-g-14 laion2b_s12b_b42k weights (evaluation, VLRM's CLIP Recall)" \
   "Download open_clip_pytorch_model.bin of laion/CLIP-ViT-g-14-laion2B-s12B-b42K to that path, or set EVAL_CLIP."
 fail_if_missing
+# the annotation files open and their first and a few random images resolve, before any model is loaded
+preflight caption_rl --config "$ROOT/$CONFIG" data.annotations="$COCO_ANN" data.images_root="$COCO_IMAGES" \
+  eval.annotations="$COCO_TEST_ANN" eval.images_root="$COCO_IMAGES" "$@"
 
 gpu_arg "$GPU"
 cd "$ROOT"

@@ -9,7 +9,9 @@
 #   CKPT    [$OUTPUT/clipcap_opt125m_transformer_coco_01/ckpt-latest.pt]  captioner (ours or the official release)
 #   ANN     [$DATA_ROOT/flickr30k/annotations/flickr30k_test.json]         LAVIS or Karpathy dataset_flickr30k.json
 #   VARIANT [empty]   "s": RLCF-S (official case 02: ViT-L/14@336px + RN50x64 + ViT-L/14 rewards, 10/3/5)
-#   IMAGES  [$DATA_ROOT/flickr30k]                                          folder holding flickr30k-images/
+#   IMAGES  [$DATA_ROOT/flickr30k]          images root: the Flickr30K folder (or its images/ folder)
+# Data layout (README.md): $DATA_ROOT/flickr30k/annotations/flickr30k_test.json, images in
+#   $DATA_ROOT/flickr30k/images/flickr30k-images/ (the older flickr30k/flickr30k-images/ works too).
 # Results: $OUTPUT/clipcap_opt125m_transformer_coco_01/coco2flickr30k_tta_01/{summary.md,summary.json,records-0.jsonl,
 # captions.json}. Rerunning the same command resumes; extra arguments override the config (e.g. run.limit=50).
 set -euo pipefail

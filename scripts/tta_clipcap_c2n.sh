@@ -10,8 +10,10 @@
 #   CKPT    [$OUTPUT/clipcap_opt125m_transformer_coco_01/ckpt-latest.pt]
 #   ANN     [$DATA_ROOT/nocaps/annotations/nocaps_val_4500_captions.json]   split by its "domain" field
 #   VARIANT [empty]   "s": RLCF-S (official case 02: ViT-L/14@336px + RN50x64 + ViT-L/14 rewards, 10/3/5)
-#   IMAGES  [$DATA_ROOT/nocaps/images]                                        the 4,500 validation images
+#   IMAGES  [$DATA_ROOT/nocaps/images]     the 4,500 validation images (or the nocaps/ folder holding images/)
 #   DOMAINS ["in near out"]
+# Data layout (README.md): $DATA_ROOT/nocaps/annotations/nocaps_val_4500_captions.json, images in
+#   $DATA_ROOT/nocaps/images/.
 # Results: $OUTPUT/clipcap_opt125m_transformer_coco_01/coco2nocaps_tta_01/<domain>/summary.md (and .json, records).
 set -euo pipefail
 MODEL=clipcap LABEL=ClipCap

@@ -178,3 +178,34 @@ def test_training_loop_resumes_exactly(reward, tmp_path):
     for a, b in zip(exported.mapper.parameters(), part.mapper.parameters()):
         torch.testing.assert_close(a, b)
     assert len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 3
+
+
+def test_training_loop_shows_progress_and_logs_the_first_step(reward, tmp_path, caplog, capsys, monkeypatch):
+    """One bar over the steps (loss / lr / ETA, rank 0), a log line and a train_log.jsonl row at the first step and
+    every ``log_every`` steps; after a resume the first logged step is the first one of that run."""
+    import json
+    import logging
+
+    def run(steps, out="a"):
+        torch.manual_seed(0)
+        recipe = VLRMRecipe(_captioner(), reward, VLRMConfig(value_width=16))
+        cfg = LoopConfig(steps=steps, batch_size=3, lr=1e-2, warmup=2, save_every=2, log_every=3, need_captions=False)
+        with caplog.at_level(logging.INFO, logger="tasks"):
+            train_rl(recipe, _data(), cfg, tmp_path / out)
+
+    def logged() -> list[int]:
+        lines = [r.getMessage() for r in caplog.records if r.name == "tasks.caption_rl.loop"]
+        caplog.clear()
+        return [int(m.split()[1].split("/")[0]) for m in lines if m.startswith("step ")]
+
+    run(4)
+    assert logged() == [1, 3, 4]
+    err = capsys.readouterr().err
+    assert "4/4" in err and "policy_loss=" in err and "lr=" in err
+    rows = [json.loads(x) for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 3, 4]
+    run(7)                                                        # resumes at step 4
+    assert logged() == [5, 6, 7]
+    monkeypatch.setenv("RANK", "1")                               # another torchrun rank: no bar, no log lines
+    run(2, "c")
+    assert logged() == [] and "2/2" not in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -75,3 +76,37 @@ def test_opt_hint_names_a_command_the_installed_hub_has():
     exe = shutil.which(cli) or str(Path(sys.executable).parent / cli)
     out = subprocess.run([exe, "download", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--local-dir" in out.stdout, out.stderr
+
+
+def test_every_download_hint_uses_the_installed_hub_cli(tmp_path):
+    """No code hard-codes a download command: each goes through ``hub_download_command`` (scripts: ``hub_command``
+    of scripts/lib.sh), so it names the CLI the installed huggingface_hub has."""
+    cli = _hub_cli()
+    offenders = []
+    for folder in ("tasks", "scripts", "rlcf", "benchmarks"):
+        for f in sorted((REPO / folder).rglob("*")):
+            if f.suffix in (".py", ".sh") and f != REPO / "tasks" / "common" / "data.py":
+                text = re.sub(r'"\s*\n\s*"', "", f.read_text())   # join string literals split over lines
+                if re.search(r"huggingface-cli\s+download|\bhf download", text):
+                    offenders.append(str(f.relative_to(REPO)))
+    assert offenders == []
+    from tasks.caption_rl.similarity import ITM_HINT
+
+    assert f"`{cli} download Salesforce/blip2-itm-vit-g --local-dir /m`" in ITM_HINT.format(path="/m")
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "ITM")}
+    r = subprocess.run(["bash", str(REPO / "scripts" / "train_rl_vlrm_coco.sh"), "0"], capture_output=True, text=True,
+                       env={**env, "PRETRAINED": str(tmp_path / "p"), "DATA_ROOT": str(tmp_path),
+                            "OUTPUT": str(tmp_path)}, timeout=60)
+    assert f"{cli} download Salesforce/blip2-itm-vit-g --local-dir {tmp_path / 'p' / 'blip2-itm-vit-g'}" in r.stderr
+
+
+def test_training_cli_names_the_opt_download_command_in_one_line(tmp_path, capsys):
+    from tasks.captioning.train import main
+
+    (tmp_path / "ann.json").write_text("[]")
+    with pytest.raises(SystemExit) as e:
+        main(["--mode", "capdec", "--annotations", str(tmp_path / "ann.json"), "--clip-weights", "x.pt",
+              "--lm", str(tmp_path / "opt-125m"), "--out-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{_hub_cli()} download facebook/opt-125m --local-dir {tmp_path / 'opt-125m'}" in err

@@ -116,3 +116,70 @@ def test_train_cli_on_files(tmp_path, tiny_clip):
     assert main(args)["steps"] == 0   # resumed: nothing left to do
     cap = load_captioner(tmp_path / "out" / "ckpt-latest.pt")   # LM found by its recorded folder
     assert cap.config.prefix_length == 2 and not cap.train_lm
+
+
+def test_training_shows_progress_and_logs_at_the_interval(tmp_path, caplog, capsys):
+    """One bar with loss, lr and ETA; a log line and a train_log.jsonl row at the first step and every
+    ``log_every`` steps (mean loss since the previous row)."""
+    import logging
+
+    data = _toy_set()
+    cfg = TrainConfig(epochs=2, lr=1e-3, warmup=1, batch_size=4, log_every=3, save_every=100)   # 4 steps per epoch
+    with caplog.at_level(logging.INFO, logger="tasks"):
+        losses = train_captioner(_captioner(data), data, cfg, tmp_path, resume=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.captioning.train"]
+    assert [int(m.split()[1].split("/")[0]) for m in lines if m.startswith("step ")] == [1, 3, 6, 8]
+    assert all("loss" in m and "lr" in m and "ETA" in m for m in lines if m.startswith("step "))
+    err = capsys.readouterr().err
+    assert "8/8" in err and "loss=" in err and "lr=" in err
+    rows = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 3, 6, 8]
+    assert rows[0]["loss"] == pytest.approx(losses[0]) and rows[1]["loss"] == pytest.approx(sum(losses[1:3]) / 2)
+
+
+def test_epoch_copies_hold_weights_only_and_every_file_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    data = _toy_set()
+    cfg = TrainConfig(epochs=2, lr=1e-3, warmup=1, batch_size=8, log_every=10, save_every=100, keep_epochs=2)
+    old = os.umask(0o027)
+    try:
+        train_captioner(_captioner(data), data, cfg, tmp_path / "a", resume=False)
+        feats = cached(tmp_path / "a" / "features.pt", {"n": 1}, lambda: torch.ones(2, 3))
+    finally:
+        os.umask(old)
+    latest = torch.load(tmp_path / "a" / "ckpt-latest.pt", weights_only=False)
+    epoch = torch.load(tmp_path / "a" / "ckpt-epoch2.pt", weights_only=False)
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(latest)
+    assert set(epoch) == {"model", "epoch", "step", "train_config", "max_tokens"} and epoch["step"] == 4
+    for a, b in zip(load_captioner(tmp_path / "a" / "ckpt-epoch2.pt").mapper.parameters(),
+                    load_captioner(tmp_path / "a" / "ckpt-latest.pt").mapper.parameters()):
+        assert torch.equal(a, b)
+    assert (tmp_path / "a" / "ckpt-epoch2.pt").stat().st_size < 0.5 * (tmp_path / "a" / "ckpt-latest.pt").stat().st_size
+    for name in ("ckpt-latest.pt", "ckpt-epoch1.pt", "ckpt-epoch2.pt", "features.pt"):
+        assert stat.S_IMODE((tmp_path / "a" / name).stat().st_mode) == 0o640, name   # 0666 & ~0027
+    assert feats.shape == (2, 3)
+    old = os.umask(0o002)
+    try:
+        from tasks.captioning.checkpoint import save_atomic
+
+        save_atomic({"x": 1}, tmp_path / "b.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "b.pt").stat().st_mode) == 0o664
+
+
+def test_checkpoint_size_benchmark_tiny():
+    """``benchmarks/caption_checkpoint_size.py`` (the README's sizes come from its paper preset): the full checkpoint
+    is the weights plus AdamW's two moments (about 3x), the LM is not stored."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import caption_checkpoint_size as bench
+
+    r = bench.measure("tiny")
+    assert r["lm_stored"] is False and r["mapper_params"] > 0
+    weights = 4 * r["mapper_params"]
+    assert weights <= r["weights_only_bytes"] < weights + 100_000
+    assert 2.7 < r["full_bytes"] / r["weights_only_bytes"] < 3.2

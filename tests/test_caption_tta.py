@@ -152,3 +152,54 @@ def test_tta_cli_end_to_end_on_files(tmp_path):
     assert [c["image_id"] for c in caps] == ["0", "1"]
     assert set(json.loads((out / "clipscore_candidates.json").read_text())) == {"0", "1"}
     assert (out / "config.yaml").is_file() and (out / "summary.md").is_file()
+
+
+def test_tta_console_has_no_third_party_info_and_says_each_thing_once(tmp_path, caplog, capfd):
+    """The console of one caption TTA CLI run: project INFO lines only (no open_clip / transformers INFO), no
+    repeated message (the SPICE-skipped line once and short, though the metrics run twice: adapted and zero-shot),
+    no Java tool chatter, no DataLoader worker warning (workers are capped to the cores)."""
+    import logging
+    import shutil
+    from collections import Counter
+
+    from PIL import Image
+
+    from tasks.captioning.checkpoint import captioner_state, save_atomic
+    from tasks.captioning.run import main
+
+    fixtures = Path(__file__).parent / "fixtures"
+    (tmp_path / "images").mkdir()
+    ann = []
+    for i in range(2):
+        Image.new("RGB", (40, 30), (60 * i, 100, 200)).save(tmp_path / "images" / f"{i}.jpg")
+        ann.append({"image": f"{i}.jpg", "caption": [CAPTIONS[i], CAPTIONS[i + 1]]})
+    (tmp_path / "test.json").write_text(json.dumps(ann))
+    cap = tiny_captioner(CAPTIONS, prefix_dim=32, hidden=32, heads=2, seed=0, max_new_tokens=6)
+    save_atomic({"model": captioner_state(cap)}, tmp_path / "ckpt.pt")
+    clips = []
+    for name in ("model", "reward", "eval"):
+        arch = "RLCF-Tiny-Reward" if name == "reward" else "RLCF-Tiny-Test"
+        clips += [f"{name}.arch={arch}", f"{name}.pretrained=null", f"{name}.config_file={fixtures / (arch + '.json')}"]
+    args = [f"captioner.checkpoint={tmp_path / 'ckpt.pt'}", f"data.annotations={tmp_path / 'test.json'}",
+            f"data.images_root={tmp_path / 'images'}", "adapt.k=3", "adapt.steps=1", "captioner.max_new_tokens=6",
+            "eval.meteor=false", f"run.out_dir={tmp_path / 'out'}", "run.workers=0", "run.device=cpu", *clips]
+    caplog.set_level(logging.DEBUG)
+    with pytest.warns() as warned:
+        import warnings
+
+        warnings.warn("sentinel", UserWarning)   # pytest.warns needs one; the run's own are checked below
+        summary = main(["--config", str(Path(__file__).parents[1] / "configs/captioning/clipcap-c2f.yaml"), *args])
+    assert summary["n"] == 2
+    shown = [r for r in caplog.records if r.levelno >= logging.getLogger(r.name).getEffectiveLevel()]
+    third_party_info = [(r.name, r.getMessage()) for r in shown if r.levelno < logging.WARNING
+                        and r.name.split(".")[0] not in ("tasks", "rlcf")]
+    assert third_party_info == []
+    counts = Counter(r.getMessage() for r in shown)
+    assert [m for m, c in counts.items() if c > 1] == []
+    spice = [m for m in counts if "SPICE" in m]
+    assert len(spice) <= 1 and all(len(m) < 160 for m in spice)
+    assert not [str(w.message) for w in warned if "worker processes" in str(w.message)]
+    err = capfd.readouterr().err
+    assert "PTBTokenizer tokenized" not in err
+    if shutil.which("java"):
+        assert summary["metrics"]["tokenizer"] == "ptb"

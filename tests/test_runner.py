@@ -201,3 +201,61 @@ def test_batched_run_writes_the_records_of_an_unbatched_one_also_after_a_kill(tm
         run(type("T", (), {"online": False, "__len__": lambda s: 1, "sample_id": lambda s, i: "x",
                            "load": lambda s, i: 0, "process_batch": lambda s, i, x: [{}]})(), tmp_path / "bad",
             batch=0)
+
+
+class _Squares:
+    """A tiny picklable task: sample i is i * i."""
+
+    online = False
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def sample_id(self, i: int) -> str:
+        return str(i)
+
+    def load(self, i: int) -> int:
+        return i * i
+
+    def process(self, i: int, sample: int) -> dict:
+        return {"value": sample}
+
+    def summarize(self, records: list[dict]) -> dict:
+        return {"total": sum(r["value"] for r in records)}
+
+
+def test_loader_workers_never_exceed_the_cores_nor_the_configured_value(monkeypatch):
+    from tasks.common import data
+
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [data.loader_workers(w) for w in (None, 0, -1, 1, 2, 4, 16)] == [0, 0, 0, 1, 2, 2, 2]
+    assert data.available_cpus() == 2
+
+
+def test_runner_starts_no_more_workers_than_cores(tmp_path, monkeypatch):
+    """run.workers=4 on one available core: one DataLoader worker, no "N worker processes ... suggested max"
+    warning, the same records as in-process loading."""
+    import warnings
+
+    import torch.utils.data as tud
+
+    import tasks.common.runner as runner
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    started = []
+    real = tud.DataLoader
+
+    def spy(*a, **kw):
+        started.append(kw.get("num_workers"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner, "DataLoader", spy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run(_Squares(5), tmp_path / "w", workers=4)
+    assert started == [1] and summary["metrics"]["total"] == 30
+    assert not [w for w in caught if "worker" in str(w.message)]
+    assert run(_Squares(5), tmp_path / "z", workers=0)["metrics"] == summary["metrics"]

@@ -105,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--n-train", type=int, default=2000, help="training images of the captioner when trained here")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..common.cli import setup_logging
+
+    setup_logging()   # project INFO, third-party WARNING
     torch.set_num_threads(args.threads)
     dev = torch.device("cpu")
     pclip, ppre, _ = load_world_model("world:policy", dev)

@@ -9,6 +9,10 @@ trainable state (mapper, LM when trained, LoRA adapters), the recipe's state (va
 optimiser), optimiser, scheduler, step and RNG states. Batches are a seeded permutation per epoch, so a rerun
 resumes exactly where it stopped. ``captioner-rl.pt`` is a plain captioner checkpoint (LoRA merged) that
 :func:`tasks.captioning.checkpoint.load_captioner` reads.
+
+Progress: one bar over the steps with the loss, lr and ETA (rank 0), and a log line (and a ``train_log.jsonl`` row:
+the statistics averaged since the previous one) at the first step of a run and every ``log_every`` steps
+(``optim.log_every``).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 
 from tasks.captioning.checkpoint import captioner_state, save_atomic
 from tasks.captioning.model import PrefixCaptioner
+from tasks.common.progress import TrainProgress
 
 from .a2c import assign_isolated_grads, warmup_constant_schedule
 from .common import Batch, Recipe
@@ -148,6 +153,10 @@ def export_captioner(captioner: PrefixCaptioner, path: str | Path, lm_path: str 
     save_atomic(state, path)
 
 
+#: statistics shown on the progress bar when a recipe reports them (the log lines have all of them)
+_SHOWN = ("loss", "policy_loss", "value_loss", "reward_policy", "ret_first", "lr")
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
@@ -200,7 +209,8 @@ def train_rl(recipe: Recipe, data: RLData, cfg: LoopConfig, out_dir: str | Path,
     window: list[dict] = []
     order: tuple[int, torch.Tensor | None] = (-1, None)
     t0 = time.time()
-    with open(out / "train_log.jsonl", "a", encoding="utf-8") as log:
+    progress = TrainProgress(cfg.steps, step, cfg.log_every, desc=f"RL {out.name}")
+    with open(out / "train_log.jsonl", "a", encoding="utf-8") as log, progress:
         while step < cfg.steps:
             epoch, b = divmod(step, per_epoch)
             if order[0] != epoch:
@@ -215,14 +225,14 @@ def train_rl(recipe: Recipe, data: RLData, cfg: LoopConfig, out_dir: str | Path,
             window.append(stats)
             if callback is not None:
                 callback(step, stats)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if progress.step(step, **{k: stats[k] for k in _SHOWN if k in stats}):
                 keys = window[0].keys()
                 row = {"step": step, "epoch": epoch, "seconds": round(time.time() - t0, 1),
                        **{k: sum(w[k] for w in window) / len(window) for k in keys}, "samples": samples[:2]}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                logger.info("step %d: %s | %s", step, {k: round(v, 4) for k, v in row.items()
-                                                       if isinstance(v, float)}, samples[:1])
+                progress.log(logger, step, **{k: v for k, v in row.items() if isinstance(v, float) and k != "seconds"},
+                             sample=repr(samples[0]) if samples else "-")
                 window = []
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save()

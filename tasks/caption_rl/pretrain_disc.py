@@ -25,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--config", help="YAML file of deltas over the defaults (configs/caption_rl/gt_coco.yaml)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. gt.disc_pretrain.steps=500")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..common.cli import setup_logging
+
+    setup_logging()   # project INFO, third-party WARNING
     cfg = load_rl_config(args.config, args.overrides, recipe="gt_contrastive")
     if int(cfg["gt"]["disc_pretrain"]["steps"]) <= 0:
         raise ValueError("gt.disc_pretrain.steps must be > 0 for pre-training (e.g. gt.disc_pretrain.steps=2000)")

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rlcf import CLIPReward, clip_score
+from tasks.common.data import hub_download_command
 
 from .common import Batch, encode_reward_texts
 
@@ -30,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Similarity", "CLIPSimilarity", "ITMSimilarity", "load_blip2_itm", "ITM_HINT"]
 
-ITM_HINT = ("Download Salesforce/blip2-itm-vit-g once on a machine with network access (e.g. `huggingface-cli "
-            "download Salesforce/blip2-itm-vit-g --local-dir {path}`) and copy the folder here.")
+#: how to get the BLIP-2 ITM folder (``.format(path=...)``); the command is the installed huggingface_hub's
+ITM_HINT = ("Download Salesforce/blip2-itm-vit-g once on a machine with network access (e.g. `"
+            + hub_download_command("Salesforce/blip2-itm-vit-g", "{path}") + "`) and copy the folder here.")
 
 
 class Similarity(Protocol):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from ..captioning.checkpoint import load_captioner
 from ..captioning.model import PrefixCaptioner
 from ..common.clip import build_clip, resolve_device
 from ..common.config import dump_config
-from ..common.data import require_path
+from ..common.data import MissingDataError, UserError, require_path
 from .common import Recipe
 from .config import (
     DEFAULTS,
@@ -96,6 +97,11 @@ def _check_inputs(cfg: dict, with_eval: bool = True) -> None:
 
         require_path(Path(v["itm"]["path"]) / "config.json", "ITM model (BLIP-2) folder",
                      ITM_HINT.format(path=v["itm"]["path"]) + " Or set vlrm.sim=clip.")
+    from .check import problems
+
+    found = problems(cfg if with_eval else {**cfg, "eval": {**e, "enabled": False}})
+    if found:   # the annotations open and their first and random images resolve, before any model is loaded
+        raise MissingDataError("; ".join(found))
 
 
 def setup(cfg: dict, with_eval: bool = True, with_recipe: bool = True) -> Setup:
@@ -200,15 +206,30 @@ def pretrained_discriminator(s: Setup, cfg: dict) -> CLIPDiscriminator | None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """CLI (see the module docstring); returns the summary."""
-    from .loop import train_rl
+    """CLI (see the module docstring); returns the summary. An expected error (missing data or weights:
+    :class:`tasks.common.data.UserError`) is one line on stderr and exit code 2."""
+    from ..common.cli import setup_logging
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", choices=RECIPES, default=None, help="overrides the config's recipe")
     ap.add_argument("--config", help="YAML file of deltas over the defaults (configs/caption_rl/*.yaml)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.steps=10 data.limit=256")
+    ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
+    ap.add_argument("--debug", action="store_true", help="full tracebacks for expected errors")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
+    try:
+        return _run(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(args: argparse.Namespace) -> dict:
+    from .loop import train_rl
+
     cfg = load_rl_config(args.config, args.overrides, args.recipe)
     t0 = time.time()
     Path(cfg["run"]["out_dir"]).mkdir(parents=True, exist_ok=True)

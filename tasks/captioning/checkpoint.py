@@ -5,7 +5,11 @@ Checkpoint format written by this toolkit (``torch.save`` of a dict, written ato
     {"format": "rlcf-captioner/1", "config": CaptionerConfig dict, "mapper": mapper state_dict,
      "lm": {"path": "pretrained/opt-125m"}                        # frozen pretrained LM, or
            {"config": OPTConfig dict, "state_dict": ..., "tokenizer": tokenizer JSON},  # embedded LM
-     ...training state (optimizer, scheduler, epoch, step, rng) for ckpt-latest.pt}
+     "epoch", "step", "train_config", "max_tokens",
+     ...training state (optimizer, scheduler, scaler, rng): ckpt-latest.pt only (resume); epoch copies hold none}
+
+The frozen OPT LM is stored by path, not by value: a paper-size ClipCap checkpoint (transformer mapper, 40 + 40
+tokens, 8 layers, OPT-125m) is ~214 MB of mapper weights, ~643 MB with the AdamW state (see the README).
 
 Official RLCF checkpoints (``ckpt-latest.pt`` of ``clipcap_opt125m_transformer_coco_01.zip``:
 ``{"state_dict": ClipCaptionPrefixV2 state}``) are converted on load: only the mapper
@@ -30,7 +34,13 @@ from .model import CaptionerConfig, PrefixCaptioner
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_pretrained_lm", "build_word_tokenizer", "tiny_opt", "tiny_captioner", "convert_official_mapper",
-           "save_atomic", "captioner_state", "load_captioner", "opt_hint", "hub_download_command"]
+           "save_atomic", "captioner_state", "load_captioner", "opt_hint", "hub_download_command",
+           "lm_folder_problems", "current_umask"]
+
+#: the files of a hub folder as ``facebook/opt-125m`` ships it (weights: either file, or a sharded index)
+LM_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+LM_TOKENIZER = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
 
 def opt_hint(path: str | Path) -> str:
     """How to get OPT-125m into ``path`` (no download happens here)."""
@@ -40,19 +50,55 @@ def opt_hint(path: str | Path) -> str:
 
 
 
-def load_pretrained_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
-    """``(OPTForCausalLM, tokenizer)`` from a local folder (never the network).
-
-    Raises:
-        MissingDataError: the folder or its ``config.json`` is missing (the message says how to get it).
-    """
-    from transformers import AutoTokenizer, OPTForCausalLM
-
+def lm_folder_problems(path: str | Path) -> list[str]:
+    """What a local LM folder lacks to load (empty when nothing): ``config.json``, a weights file, tokenizer files."""
     p = Path(path).expanduser()
     if not (p / "config.json").is_file():
-        raise MissingDataError(f"language model folder '{p}' not found (or has no config.json). " + opt_hint(p))
-    lm = OPTForCausalLM.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+        return [f"language model folder '{p}' not found (or has no config.json)"]
+    out = []
+    if not any((p / f).is_file() for f in LM_WEIGHTS):
+        out.append(f"'{p}' has no weights file (one of {', '.join(LM_WEIGHTS)})")
+    if not any(all((p / f).is_file() for f in files) for files in LM_TOKENIZER):
+        out.append(f"'{p}' has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)")
+    return out
+
+
+def load_pretrained_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """``(OPTForCausalLM, tokenizer)`` from a local folder laid out as the hub ships ``facebook/opt-125m``
+    (``config.json``, ``generation_config.json``, ``pytorch_model.bin`` or ``model.safetensors``, ``vocab.json``,
+    ``merges.txt``, ``special_tokens_map.json``, ``tokenizer_config.json``); never the network.
+
+    The tokenizer is the folder's (OPT: ``GPT2Tokenizer``, BOS = EOS = ``</s>`` prepended to every text, pad
+    ``<pad>``); its pad id is the model config's when the tokenizer names none. Every LM weight must come from the
+    file (tied ``lm_head`` aside): a checkpoint that leaves one uninitialised is an error, not random weights.
+
+    Raises:
+        MissingDataError: the folder, its ``config.json``, its weights or its tokenizer files are missing, or the
+            weights file lacks some of the model's weights (the message says what and how to get it).
+    """
+    from transformers import AutoTokenizer, OPTForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    p = Path(path).expanduser()
+    problems = lm_folder_problems(p)
+    if problems:
+        raise MissingDataError("; ".join(problems) + ". " + opt_hint(p))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # "Loading weights" bar: noise in every run
+    try:
+        lm, info = OPTForCausalLM.from_pretrained(str(p), dtype=dtype, local_files_only=True,
+                                                  output_loading_info=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    missing = sorted(k for k in info.get("missing_keys", ()) if k != "lm_head.weight")
+    meta = [n for n, t in lm.state_dict().items() if t.is_meta]
+    if missing or meta:
+        raise MissingDataError(f"the weights in '{p}' lack {len(missing or meta)} of the model's tensors (e.g. "
+                               f"{(missing or meta)[:3]}): an incomplete or foreign checkpoint. " + opt_hint(p))
     tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    if tok.pad_token_id is None and lm.config.pad_token_id is not None:
+        tok.pad_token = tok.convert_ids_to_tokens(int(lm.config.pad_token_id))
     return lm.eval(), tok
 
 
@@ -154,14 +200,29 @@ def convert_official_mapper(state_dict: dict[str, torch.Tensor], num_heads: int 
     return out, fields
 
 
+def current_umask() -> int:
+    """The process umask (read from ``/proc/self/status`` where it is there, else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written)."""
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written). The file
+    gets the mode of any newly created file, ``0o666 & ~umask`` (``tempfile`` alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

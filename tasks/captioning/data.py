@@ -14,6 +14,11 @@ Formats (auto-detected by :func:`load_annotations`):
 * NoCaps ``nocaps_val_4500_captions.json`` (COCO format): ``{"images": [{"id", "file_name",
   "domain"}], "annotations": [{"image_id", "caption"}]}``; ``domain`` in ``in-domain``,
   ``near-domain``, ``out-domain``.
+
+Images (:class:`ImageResolver`, the one rule of the loaders and of the pre-flight check
+:mod:`tasks.captioning.check`): the images root is the dataset folder or its ``images/`` folder; canonical layout
+``flickr30k/images/flickr30k-images/``, ``coco/images/{train2014,val2014}/``, ``nocaps/images/`` (README.md, "Data
+layout"); the older ``flickr30k/flickr30k-images/`` works too.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from tasks.common.data import MissingDataError, require_path
 logger = logging.getLogger(__name__)
 
 __all__ = ["CaptionItem", "load_annotations", "load_karpathy", "load_lavis", "load_nocaps",
-           "CaptionImageDataset", "NOCAPS_DOMAINS", "resolve_image"]
+           "CaptionImageDataset", "NOCAPS_DOMAINS", "resolve_image", "ImageResolver", "image_bases"]
 
 NOCAPS_DOMAINS = {"in": "in-domain", "near": "near-domain", "out": "out-domain"}
 
@@ -148,12 +153,28 @@ def load_annotations(path: str | Path, split: str = "test", domain: str | None =
                      "(images with sentences), a LAVIS list of {image, caption} or a COCO-format file")
 
 
+def image_bases(root: str | Path) -> list[Path]:
+    """The folders an annotation's image paths are tried under: the images root, then its ``images/`` folder when
+    there is one. So the dataset folder (``flickr30k/``) and its ``images/`` folder both work as the root, for the
+    canonical layout ``flickr30k/images/flickr30k-images/`` and the older ``flickr30k/flickr30k-images/`` alike."""
+    root = Path(root)
+    return [root, root / "images"] if (root / "images").is_dir() else [root]
+
+
+def _subdirs(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) if base.is_dir() else []
+
+
+def _candidates(base: Path, rel: str, subdirs: Sequence[str]) -> list[Path]:
+    name = Path(rel).name
+    return [base / rel, base / name] + [base / d / name for d in subdirs]
+
+
 def resolve_image(root: str | Path, rel: str, subdirs: Sequence[str] = ()) -> Path:
     """``root/rel``, else ``root/<file name>``, else ``root/<subdir>/<file name>`` for ``subdirs`` (LAVIS
     paths carry a sub-folder, Karpathy's bare file names do not: either root works)."""
     root = Path(root)
-    name = Path(rel).name
-    cands = [root / rel, root / name] + [root / d / name for d in subdirs]
+    cands = _candidates(root, rel, subdirs)
     for cand in cands:
         if cand.is_file():
             return cand
@@ -161,25 +182,74 @@ def resolve_image(root: str | Path, rel: str, subdirs: Sequence[str] = ()) -> Pa
                            f"{' ...' if len(cands) > 3 else ''}): check the images root")
 
 
+class ImageResolver:
+    """Where the images of an annotation file are: the one rule of the loaders and of the pre-flight check.
+
+    An image path ``rel`` is tried as ``<base>/rel``, ``<base>/<file name>`` and ``<base>/<sub-folder>/<file name>``
+    for each base of :func:`image_bases`. The first path found (``probe``) fixes the base and sub-folder, so later
+    look-ups cost one ``stat``; a path that does not follow it falls back to the full search.
+
+    Raises:
+        MissingDataError: the root is missing, or ``probe`` (and later a path) resolves nowhere; the message names
+            the image, the root and the paths tried.
+    """
+
+    def __init__(self, root: str | Path, probe: str | None = None) -> None:
+        self.root = require_path(root, "images folder")
+        self.base, self.subdirs = self.root, _subdirs(self.root)
+        if probe is not None:
+            self.locate(probe)
+
+    def locate(self, rel: str) -> Path:
+        """Full search of ``rel``; on success the base and sub-folder it was found in become the default."""
+        tried: list[Path] = []
+        for base in image_bases(self.root):
+            subs = _subdirs(base)
+            for cand in _candidates(base, rel, subs):
+                tried.append(cand)
+                if cand.is_file():
+                    via_sub = cand != base / rel and cand.parent != base
+                    self.base, self.subdirs = base, ([cand.parent.name] if via_sub else subs)
+                    return cand
+        raise MissingDataError(f"image '{rel}' not found under the images root '{self.root}': expected "
+                               f"'{self.root / 'images' / rel}' or '{self.root / rel}' (tried "
+                               f"{', '.join(map(str, tried[:4]))}{' ...' if len(tried) > 4 else ''}). Layout: "
+                               "'Data layout' in README.md; or point the images root elsewhere")
+
+    def __call__(self, rel: str) -> Path:
+        try:
+            return resolve_image(self.base, rel, self.subdirs)
+        except MissingDataError:
+            return self.locate(rel)
+
+
 class CaptionImageDataset(Dataset):
     """Images of :class:`CaptionItem` s: ``ds[i] -> (transform(PIL image), i)``.
 
     Args:
         items: the annotation items.
-        images_root: folder the item paths are relative to (checked at construction).
+        images_root: folder the item paths are relative to, or the folder holding it as ``images/`` (see
+            :class:`ImageResolver`; the first item is resolved at construction).
         transform: e.g. the CLIP preprocess (``PIL -> [3, H, W]``); ``None`` returns the PIL image.
     """
 
     def __init__(self, items: Sequence[CaptionItem], images_root: str | Path,
                  transform: Callable | None = None) -> None:
         self.items = list(items)
-        self.root = require_path(images_root, "images folder")
         self.transform = transform
-        self.subdirs = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        if self.items:
-            found = resolve_image(self.root, self.items[0].image, self.subdirs)  # fail fast on a wrong root
-            if found.parent != self.root and found != self.root / self.items[0].image:
-                self.subdirs = [found.parent.name]   # e.g. flickr30k-images/ for Karpathy file names
+        # fails fast on a wrong root; fixes e.g. images/flickr30k-images/ for Karpathy's bare file names
+        self.resolver = ImageResolver(images_root, self.items[0].image if self.items else None)
+        self.root = self.resolver.root
+
+    @property
+    def subdirs(self) -> list[str]:
+        """The sub-folder(s) bare file names are looked up in (under :attr:`base`)."""
+        return self.resolver.subdirs
+
+    @property
+    def base(self) -> Path:
+        """The folder the image paths were found under (the root or its ``images/`` folder)."""
+        return self.resolver.base
 
     def __len__(self) -> int:
         return len(self.items)
@@ -188,7 +258,7 @@ class CaptionImageDataset(Dataset):
         return self.items[i].image_id
 
     def load_image(self, i: int) -> Image.Image:
-        with Image.open(resolve_image(self.root, self.items[i].image, self.subdirs)) as im:
+        with Image.open(self.resolver(self.items[i].image)) as im:
             return im.convert("RGB")
 
     def __getitem__(self, i: int):

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from tasks.common.data import loader_workers
+
 from .checkpoint import save_atomic
 from .data import CaptionImageDataset, CaptionItem
 
@@ -75,9 +77,10 @@ def cached(path: str | Path, meta: dict, compute: Callable[[], Tensor]) -> Tenso
 @torch.no_grad()
 def extract_image_features(clip_model: nn.Module, dataset: CaptionImageDataset, device: str | torch.device = "cpu",
                            batch_size: int = 256, workers: int = 4, amp: bool = True) -> Tensor:
-    """``[N, D]`` image embeddings (float32, unnormalised) of every image of ``dataset`` (in order)."""
+    """``[N, D]`` image embeddings (float32, unnormalised) of every image of ``dataset`` (in order); ``workers``
+    DataLoader processes, at most the available cores."""
     dev = torch.device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(workers))
     out = []
     for images, _ in tqdm(loader, desc="image features", mininterval=5):
         with torch.autocast(dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda"):

@@ -15,17 +15,22 @@ Every score is returned x100 (as papers print them: CIDEr 56.6, RefCLIPScore 79.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlcf.reward import clip_score
+from tasks.common.logs import log_once
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,33 @@ def _java() -> bool:
     return shutil.which("java") is not None
 
 
+@contextmanager
+def _quiet_child_stderr() -> Iterator[None]:
+    """Route file descriptor 2 to a temporary file for the block: the Java tools pycocoevalcap starts inherit it
+    and print e.g. "PTBTokenizer tokenized 46 tokens at 750 tokens per second." on every call. When the block
+    fails, what they printed is logged with the error."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):   # no real stderr (embedded interpreters): nothing to quiet
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace").strip()
+            if text:
+                logger.error("the Java tool printed: %s", text[-2000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def tokenize(captions: Mapping[str, Sequence[str]], tokenizer: str = "auto") -> tuple[dict[str, list[str]], str]:
     """Tokenise ``{id: [captions]}``; ``tokenizer`` in ``auto``/``ptb``/``simple``. Returns
     ``(tokenised, name_used)``."""
@@ -63,11 +95,12 @@ def tokenize(captions: Mapping[str, Sequence[str]], tokenizer: str = "auto") -> 
             raise RuntimeError("the PTB tokenizer needs Java (`java` not on PATH); use tokenizer='simple'")
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        out = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+        with _quiet_child_stderr():
+            out = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
         return {k: list(v) for k, v in out.items()}, "ptb"
-    logger.warning("caption metrics use the pure-Python fallback tokenizer ('simple'%s): BLEU / CIDEr / ROUGE "
-                   "differ slightly from pycocoevalcap's PTB tokenizer; results are labelled tokenizer=simple",
-                   "" if tokenizer == "simple" else ", Java not found")
+    log_once(logger, logging.WARNING, "caption metrics use the pure-Python fallback tokenizer ('simple'%s): BLEU / "
+             "CIDEr / ROUGE differ slightly from pycocoevalcap's PTB tokenizer; results are labelled tokenizer=simple",
+             "" if tokenizer == "simple" else ", Java not found")
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}, "simple"
 
 
@@ -132,7 +165,7 @@ def coco_metrics(references: Mapping[str, Sequence[str]], candidates: Mapping[st
         out["METEOR"] = 100.0 * float(Meteor().compute_score(gts, res)[0])
     elif meteor is not False:
         skipped.append("METEOR (needs Java)")
-        logger.info("METEOR skipped: it needs Java (`java` not on PATH)")
+        log_once(logger, logging.INFO, "METEOR skipped: it needs Java (`java` not on PATH)")
     out["ROUGE-L"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
     out["CIDEr"] = 100.0 * float(Cider().compute_score(gts, res)[0])
     if spice is not False:
@@ -147,7 +180,8 @@ def coco_metrics(references: Mapping[str, Sequence[str]], candidates: Mapping[st
                 logger.warning("SPICE failed (%s): skipped", e)
         else:
             skipped.append("SPICE (Stanford CoreNLP jars missing)" if _java() else "SPICE (needs Java)")
-            logger.info("SPICE skipped: %s", why)
+            log_once(logger, logging.INFO, "SPICE skipped: %s (see tasks/captioning/README.md, 'Outputs')",
+                     "no Java" if not _java() else "the Stanford CoreNLP 3.6.0 jars are missing (offline)")
     out["skipped"] = skipped
     return out
 

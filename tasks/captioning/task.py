@@ -157,6 +157,7 @@ class CaptionTask:
         d, c = cfg["data"], cfg["captioner"]
         ann = require_path(d["annotations"], "caption annotations", "See tasks/captioning/README.md (data layout).")
         items = load_annotations(ann, d["split"], d["domain"])
+        dataset = CaptionImageDataset(items, d["images_root"])   # a wrong images root fails here, before any model
         clip, preprocess, _ = build_clip(cfg["model"], device)
         mcls = rlcf.get_method(cfg["method"])
         reward = build_reward(cfg["reward"], device, clip) if mcls.needs_reward else None
@@ -170,7 +171,7 @@ class CaptionTask:
                                token_loss=c["token_loss"]).to(device)
         adapt = dict(cfg["adapt"])
         method = rlcf.create_method(cfg["method"], policy, reward, AdaptConfig(**adapt))
-        dataset = CaptionImageDataset(items, d["images_root"], preprocess)
+        dataset.transform = preprocess
         e = cfg["eval"]
         options = {"tokenizer": e["tokenizer"], **{k: "auto" if e[k] is None else e[k] for k in ("meteor", "spice")}}
         return cls(method, items, lambda i: dataset[i][0], scorer, zero_shot=e["zero_shot"], metric_options=options)

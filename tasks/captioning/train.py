@@ -8,10 +8,15 @@ Recipe (both): 10 epochs, batch 40, AdamW (lr 2e-5, eps 1e-6, wd 0), 5000 linear
 linear decay, fp16 autocast + GradScaler(1000) on CUDA, L2-normalised prefix. CapDec trains on the
 caption's CLIP *text* embedding with Gaussian noise of variance 0.016 (re-normalised).
 
-Checkpoints (atomic): ``ckpt-latest.pt`` every ``save_every`` steps and at each epoch end, plus
-``ckpt-epoch<E>.pt`` for the last ``keep_epochs`` epochs of the schedule; each holds the model, optimizer,
-scheduler, GradScaler, epoch / step and RNG state. A rerun resumes from ``ckpt-latest.pt``: batch
-order (seeded per epoch) and CapDec noise (seeded per step) make it identical to an uninterrupted run.
+Checkpoints (atomic, created with the normal umask): ``ckpt-latest.pt`` every ``save_every`` steps and at each
+epoch end holds the model, optimizer, scheduler, GradScaler, epoch / step and RNG state (what resume needs);
+``ckpt-epoch<E>.pt`` for the last ``keep_epochs`` epochs of the schedule hold the weights only (the model part:
+mapper, config, the LM by path; what :func:`tasks.captioning.checkpoint.load_captioner` reads), as the official
+release. A rerun resumes from ``ckpt-latest.pt``: batch order (seeded per epoch) and CapDec noise (seeded per step)
+make it identical to an uninterrupted run.
+
+Progress: one bar over the steps with loss, lr and ETA (rank 0), and a log line (and a ``train_log.jsonl`` row)
+at the first step and every ``log_every`` steps (``--log-every``).
 """
 from __future__ import annotations
 
@@ -19,16 +24,17 @@ import argparse
 import json
 import logging
 import math
-import shutil
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from tasks.common.data import require_path
+from tasks.common.data import UserError, require_path
+from tasks.common.progress import TrainProgress
 
-from .checkpoint import captioner_state, save_atomic
+from .checkpoint import captioner_state, opt_hint, save_atomic
 from .features import TrainingSet
 from .model import CaptionerConfig, PrefixCaptioner, noise_injection
 
@@ -121,17 +127,22 @@ def train_captioner(captioner: PrefixCaptioner, data: TrainingSet, cfg: TrainCon
         step = int(ck["step"])
         logger.info("resumed from %s at step %d (epoch %d)", latest, step, step // per_epoch)
 
-    def save(path: Path) -> None:
-        save_atomic({"model": captioner_state(captioner, lm_path), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": step // per_epoch,
-                     "step": step, "rng": _rng_state(), "train_config": asdict(cfg),
-                     "max_tokens": max_tokens}, path)
+    def save(path: Path, full: bool = True) -> None:
+        """``full``: everything resume needs; else the weights and what describes them (epoch copies)."""
+        state = {"model": captioner_state(captioner, lm_path), "epoch": step // per_epoch, "step": step,
+                 "train_config": asdict(cfg), "max_tokens": max_tokens}
+        if full:
+            state.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
+                         rng=_rng_state())
+        save_atomic(state, path)
 
     losses: list[float] = []
     end = total if cfg.max_steps is None else min(total, cfg.max_steps)
     order: tuple[int, torch.Tensor | None] = (-1, None)
     captioner.train()
-    with open(out / "train_log.jsonl", "a", encoding="utf-8") as log:
+    progress = TrainProgress(end, step, cfg.log_every, desc=f"train {out.name}")
+    logged = 0   # losses[logged:] are the steps since the last log row
+    with open(out / "train_log.jsonl", "a", encoding="utf-8") as log, progress:
         while step < end:
             epoch, b = divmod(step, per_epoch)
             if order[0] != epoch:
@@ -153,16 +164,18 @@ def train_captioner(captioner: PrefixCaptioner, data: TrainingSet, cfg: TrainCon
             losses.append(float(loss.detach()))
             if callback is not None:
                 callback(step, losses[-1])
-            if step % cfg.log_every == 0 or step == end:
-                recent = losses[-cfg.log_every:]
-                log.write(json.dumps({"step": step, "epoch": epoch, "loss": sum(recent) / len(recent),
-                                      "lr": sched.get_last_lr()[0]}) + "\n")
+            lr = sched.get_last_lr()[0]
+            if progress.step(step, loss=losses[-1], lr=lr, epoch=epoch):
+                recent, logged = losses[logged:], len(losses)
+                row = {"step": step, "epoch": epoch, "loss": sum(recent) / len(recent), "lr": lr}
+                log.write(json.dumps(row) + "\n")
                 log.flush()
+                progress.log(logger, step, epoch=epoch, loss=row["loss"], lr=lr)
             if step % per_epoch == 0 or step % cfg.save_every == 0 or step == end:
                 save(latest)
                 e = step // per_epoch
                 if step % per_epoch == 0 and e > cfg.epochs - cfg.keep_epochs:
-                    shutil.copyfile(latest, out / f"ckpt-epoch{e}.pt")
+                    save(out / f"ckpt-epoch{e}.pt", full=False)
     captioner.eval()
     return losses
 
@@ -192,33 +205,49 @@ def _parser() -> argparse.ArgumentParser:
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     ap.add_argument("--mapping-type", choices=["transformer", "mlp"], default="transformer")
     ap.add_argument("--stop-token", default="\n", help='caption end token (OPT: "\\n"); "eos" = the tokenizer\'s EOS')
+    ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
+    ap.add_argument("--debug", action="store_true", help="full tracebacks for expected errors")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """CLI entry point; returns ``{"out_dir", "steps", "final_loss"}``."""
+    """CLI entry point; returns ``{"out_dir", "steps", "final_loss"}``. An expected error (missing data or
+    weights: :class:`tasks.common.data.UserError`) is one line on stderr and exit code 2."""
+    from tasks.common.cli import setup_logging
+
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return _train(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _train(args: argparse.Namespace) -> dict:
     from tasks.common.clip import load_clip
 
     from .checkpoint import load_pretrained_lm
-    from .data import load_annotations
+    from .data import CaptionImageDataset, load_annotations
     from .features import build_training_set, cache_path
 
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     require_path(args.annotations, "training annotations", "Get the Karpathy split (dataset_coco.json) or LAVIS "
                  "coco_karpathy_train.json (see scripts/train_clipcap_coco.sh).")
     if args.mode == "clipcap":
         require_path(args.images_root or "", "COCO images folder (with train2014/ and val2014/)",
                      "pass --images-root")
-    lm_path = require_path(args.lm, "OPT-125m folder", "huggingface-cli download facebook/opt-125m --local-dir "
-                           f"{args.lm}")
+    lm_path = require_path(args.lm, "OPT-125m folder", opt_hint(args.lm))
     defaults = {"noise_variance": 0.016 if args.mode == "capdec" else 0.0}
     tcfg = TrainConfig(**{**defaults, **{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                                          if getattr(args, f.name, None) is not None}})
     tcfg.amp = not args.no_amp
+    items = load_annotations(args.annotations, args.split, merge_restval=True)[:args.limit]
+    if args.mode == "clipcap":
+        CaptionImageDataset(items, args.images_root)   # a wrong images root fails here, before any model
     clip, preprocess, clip_tok = load_clip(args.clip_arch, args.clip_weights, device=args.device,
                                            config_file=args.clip_config)
-    items = load_annotations(args.annotations, args.split, merge_restval=True)[:args.limit]
     dataset = Path(args.annotations).stem
     feat_dir = Path(args.feature_dir) if args.feature_dir else Path(args.out_dir).parent / "features"
     meta = {"arch": args.clip_arch, "weights": str(args.clip_weights), "annotations": str(args.annotations),

@@ -15,6 +15,10 @@ fi
 need_opt
 need_clip ViT-B-16
 fail_if_missing
+# the annotations open and (ClipCap) their first and a few random images resolve, before any model is loaded
+IMAGES_ARG=$COCO_IMAGES
+[ "$MODE" = capdec ] && IMAGES_ARG=null
+preflight captioning --data-only data.annotations="$COCO_ANN" data.images_root="$IMAGES_ARG" data.split=train
 
 NOISE=()
 [ "$MODE" = capdec ] && NOISE=(--noise-variance 0.016)   # CapDec: text embedding + N(0, 0.016), re-normalised

@@ -21,6 +21,11 @@ need_clip ViT-L-14
 [ "$CASE" = 02 ] && { need_clip ViT-L-14-336px; need_clip RN50x64; }   # RLCF-S reward ensemble
 need_clip ViT-B-32
 fail_if_missing
+# the annotations open and their first and a few random images resolve (each domain), before any model is loaded
+DOMAIN_ARGS=()
+for d in $DOMAINS; do DOMAIN_ARGS+=(--domain "$d"); done
+preflight captioning --config "$ROOT/configs/captioning/$VCFG.yaml" "${DOMAIN_ARGS[@]}" captioner.checkpoint="$CKPT" \
+  data.annotations="$ANN" data.images_root="$IMAGES" "$@"
 
 gpu_arg "$GPU"
 cd "$ROOT"

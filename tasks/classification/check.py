@@ -1,7 +1,9 @@
 """Pre-flight check used by the scripts: every checkpoint and dataset of a config exists.
 
 ``python -m tasks.classification.check --config C.yaml [key=value ...]`` exits 1 at once with a
-message naming each missing path and the expected layout, before any model is built.
+message naming each missing path and the expected layout, before any model is built: each dataset is
+built by its loader (which checks that every listed image exists) and its first image and a few random
+ones are opened as the run will open them (:func:`tasks.common.data.probe_samples`).
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from pathlib import Path
 
 from ..common.clip import checkpoint_problems
 from ..common.config import for_set, load_config
+from ..common.data import probe_samples
 from .run import split_set_ids
 from .task import DEFAULTS
 
 def problems(cfg: dict) -> list[str]:
+    """Human-readable problems of ``cfg`` (empty when everything it needs is there)."""
     import tasks.classification  # noqa: F401  (peer methods are registered there)
 
     out = checkpoint_problems(cfg)
@@ -28,10 +32,12 @@ def problems(cfg: dict) -> list[str]:
             continue
         d = for_set(cfg, set_id)["data"]
         try:
-            build_dataset(set_id, d["root"], classnames_source=d["classnames"], templates=d["templates"],
-                          strict=d["strict"])
+            ds = build_dataset(set_id, d["root"], classnames_source=d["classnames"], templates=d["templates"],
+                               strict=d["strict"], **({"file": d["file"]} if d.get("file") else {}))
         except Exception as e:  # noqa: BLE001 - reported to the user
             out.append(f"dataset {set_id}: {e}")
+            continue
+        out += [f"dataset {set_id}: image {line}" for line in probe_samples(len(ds), ds.load, ds.sample_id)]
     return out
 
 

@@ -44,7 +44,11 @@ class Unit:
 
 def setup_logging(verbose: bool = False) -> None:
     """Project loggers at INFO; the root logger (open_clip logs through it), transformers, timm and the
-    rest at WARNING, or everything at INFO with ``verbose``."""
+    rest at WARNING, or everything at INFO with ``verbose``. A new run: what :func:`tasks.common.logs.log_once`
+    said before may be said again."""
+    from .logs import reset_once
+
+    reset_once()
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()

@@ -16,8 +16,10 @@ Classification datasets subclass :class:`ImageListDataset`:
 from __future__ import annotations
 
 import logging
+import os
+import random
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -36,7 +38,8 @@ def repo_path(path: str | Path) -> Path:
         return REPO_ROOT / p
     return p
 
-__all__ = ["ImageListDataset", "MissingDataError", "UserError", "require_path", "hub_download_command"]
+__all__ = ["ImageListDataset", "MissingDataError", "UserError", "require_path", "hub_download_command",
+           "available_cpus", "loader_workers", "probe_samples", "repo_path", "REPO_ROOT"]
 
 
 class UserError(Exception):
@@ -59,6 +62,42 @@ def hub_download_command(repo: str, path: str | Path) -> str:
         major, minor = 1, 0
     cli = "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
     return f"{cli} download {repo} --local-dir {path}"
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that does not exist)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(configured: int | None) -> int:
+    """DataLoader worker processes to start for ``configured`` (``run.workers``): never more than configured, nor
+    than the available cores (more only contend, and PyTorch warns about them); 0 / ``None`` stay 0 (in-process)."""
+    configured = int(configured or 0)
+    if configured <= 0:
+        return 0
+    n = min(configured, available_cpus())
+    if n < configured:
+        logger.debug("%d DataLoader workers instead of %d: %d cores available", n, configured, n)
+    return n
+
+
+def probe_samples(n: int, load: Callable[[int], Any], name: Callable[[int], str], k: int = 4,
+                  seed: int = 0) -> list[str]:
+    """Pre-flight probe of a dataset of ``n`` samples: load sample 0 and ``k`` random others with the loader's own
+    ``load(i)`` (so they resolve and decode exactly as the run will); one line ``"<name(i)>: <error>"`` per failure."""
+    if n <= 0:
+        return []
+    picks = [0] + sorted(random.Random(seed).sample(range(1, n), min(k, n - 1)))
+    out = []
+    for i in picks:
+        try:
+            load(i)
+        except Exception as e:  # noqa: BLE001 - reported to the user, one line each
+            out.append(f"{name(i)}: {e}")
+    return out
 
 
 def require_path(path: str | Path, what: str, hint: str = "") -> Path:

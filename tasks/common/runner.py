@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from .batching import peak_memory_mb as _peak_memory_mb
 from .batching import process_batched, process_one
+from .data import loader_workers
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ def _identity(x: Any) -> Any:
 
 def _iterate(task: Task, indices: Sequence[int], workers: int) -> Iterator[tuple[int, Any, str | None]]:
     ds = _Loading(task, indices)
+    workers = loader_workers(workers)   # never more processes than cores
     if workers <= 0:
         yield from (ds[j] for j in range(len(ds)))
         return
@@ -225,7 +227,8 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
     Args:
         task: the task (see module docstring).
         out_dir: folder of the records, ``summary.json`` and ``summary.md``.
-        workers: DataLoader workers for ``task.load`` (0 = in-process).
+        workers: DataLoader workers for ``task.load`` (0 = in-process; at most the available cores,
+            :func:`tasks.common.data.loader_workers`).
         limit: process only the first ``limit`` samples of the order.
         shuffle_seed: process in a seeded random order (recorded in the summary), else dataset order.
         shuffle: how ``shuffle_seed`` shuffles (:func:`sample_order`). An online method's result

@@ -25,6 +25,7 @@ from rlcf.engine import AdaptConfig
 
 from ..common.clip import build_clip, resolve_device
 from ..common.clip import build_reward as build_reward_models
+from ..common.data import loader_workers
 from .data import RetrievalData, build_retrieval_data
 from .metrics import best_rank, direction_metrics, ranked
 from .policies import ImageToTextPolicy, TextToImagePolicy, encode_image_gallery, encode_text_gallery, reward_members
@@ -126,7 +127,7 @@ class RetrievalTask:
         else:
             members = reward_members(reward) if reward is not None else []
             loader = DataLoader(_GalleryImages(data, preprocess), batch_size=r["gallery_batch"], shuffle=False,
-                                num_workers=cfg["run"]["workers"])
+                                num_workers=loader_workers(cfg["run"]["workers"]))
             encoders = [lambda x: clip.encode_image(x.to(device))] + [m.encode_images for m in members]
             with torch.no_grad():
                 feats = encode_image_gallery(loader, encoders)

@@ -1,0 +1,46 @@
+"""Pre-flight check of caption RL training (``scripts/train_rl_*.sh`` call it before any model is loaded).
+
+``python -m tasks.caption_rl.check --config configs/caption_rl/X.yaml [key.sub=value ...]`` opens the training
+annotations (``data.annotations``, split ``data.split``) and, when the run evaluates, the evaluation ones
+(``eval.*``), and resolves and opens the first and a few random images of each under its images root with the
+loaders' own rule (:func:`tasks.captioning.check.data_problems`). Each problem is one ``ERROR:`` line naming the
+path; the exit code is 1 when there is any.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from tasks.captioning.check import data_problems
+
+__all__ = ["problems", "main"]
+
+
+def problems(cfg: dict) -> list[str]:
+    """Problems of the data of a caption RL config (:data:`tasks.caption_rl.config.DEFAULTS` keys)."""
+    d, e = cfg["data"], cfg["eval"]
+    out = data_problems(d["annotations"], d["images_root"], d["split"], what="training data")
+    if e["enabled"]:
+        out += data_problems(e["annotations"], e["images_root"], e["split"], what="evaluation data")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .config import load_rl_config
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    try:
+        found = problems(load_rl_config(args.config, args.overrides))
+    except Exception as e:  # noqa: BLE001 - a bad config key or value
+        found = [str(e)]
+    for p in found:
+        print(f"ERROR: {p}", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
