@@ -22,18 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import torch
 
 from .classification.task import DEFAULTS, ClassificationTask
 from .common.cli import setup_logging
 from .common.clip import run_fingerprint
 from .common.config import load_config
-from .methods import register_all
 from .common.runner import barrier, dist_info, init_distributed, read_records, run, sample_order
+from .methods import register_all
+from .world.report import chart, example_grid, markdown, ood_average, seeds_markdown, split_stats
+
+__all__ = ["main", "ROWS", "PEER_ROWS", "SPLITS", "OOD", "ood_average", "run_seed"]
 
 logger = logging.getLogger("tasks.demo")
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +60,14 @@ PEER_ROWS = [
 ]
 SPLITS = ["val", "v2", "sketch", "rendition", "adversarial"]
 OOD = ["v2", "sketch", "rendition", "adversarial"]
+# shift families that none of the teacher's training augmentations imitates (tasks/common/augment.py: crops,
+# flips, colour jitter, edge maps, inversion, noise): rendition's textures, pixel art, cartoons and false-colour
+# palettes, and adversarial's clutter and occlusion. sketch is the nearest to one (edge maps, inverted).
+HELD_OUT = ["rendition", "adversarial"]
 
 
-def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path) -> tuple[dict, list[dict]]:
+def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path, desc: str | None = None,
+             leave: bool = True) -> tuple[dict, list[dict]]:
     """Run one configured method on its split: the runner's summary and the records in sample order
     (``({}, [])`` on ranks other than 0).
 
@@ -69,9 +78,9 @@ def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path) -> tuple[
     """
     task = ClassificationTask.from_config(cfg)
     rank, size = dist_info()
-    kw = dict(workers=0, limit=limit, shuffle_seed=0, desc=f"{config.stem} {folder.name}",
-              meta={"config": str(config.relative_to(ROOT))},
-              on_change="restart", fingerprint=run_fingerprint(cfg))
+    kw = dict(workers=0, limit=limit, shuffle_seed=0, desc=desc or f"{config.stem} {folder.name}",
+              meta={"config": str(config.relative_to(ROOT))}, leave=leave,
+              on_change="restart", fingerprint=run_fingerprint(cfg), batch=cfg["run"].get("batch"))
     if size > 1 and getattr(task, "online", False):
         summary = run(task, folder, shard=False, **kw) if rank == 0 else None
         barrier()
@@ -84,7 +93,7 @@ def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path) -> tuple[
 
 
 def run_row(config: Path, split: str, out: Path, limit: int | None, views: int | None,
-            extra: list[str] = ()) -> tuple[dict, list[dict]]:
+            extra: Sequence[str] = (), label: str | None = None) -> tuple[dict, list[dict]]:
     """One (method, split) cell of the table: :func:`run_cell` under ``<out>/<split>``."""
     overrides = [f"data.set_id=world/{split}", f"run.out_dir={out}", "run.device=cpu", "run.workers=0", *extra]
     if limit is not None:
@@ -92,7 +101,7 @@ def run_row(config: Path, split: str, out: Path, limit: int | None, views: int |
     if views is not None:
         overrides.append(f"views.n={views}")
     cfg = load_config(DEFAULTS, config, overrides)
-    return run_cell(cfg, out / split, limit, config)
+    return run_cell(cfg, out / split, limit, config, desc=f"{label or config.stem} on {split}", leave=False)
 
 
 def summarise(summary: dict) -> dict:
@@ -104,94 +113,13 @@ def summarise(summary: dict) -> dict:
             "n": summary["n"] - summary["errors"], "errors": summary["errors"]}
 
 
-def _ok(records: list[dict]) -> list[dict]:
-    return [r for r in records if "error" not in r]
-
-
-def _correct(records: list[dict]) -> np.ndarray:
-    return np.array([r["pred"] == r["label"] for r in records], dtype=float) * 100
-
-
-def ood_average(per_split: dict[str, list[dict]], ood: list[str], seed: int = 0, n_boot: int = 1000,
-                baseline: dict[str, list[dict]] | None = None) -> dict:
-    """Mean of the per-split accuracies, with a bootstrap CI resampling each split independently.
-
-    With ``baseline`` (another row's records of the same samples, in the same order) also the paired
-    gain over it: the same resampled samples for both rows, so the CI excludes what they share.
-    """
-    base = None
-    if baseline is not None:
-        for s in ood:
-            if [r["index"] for r in per_split[s]] != [r["index"] for r in baseline[s]]:
-                raise ValueError(f"split {s}: the rows were run on different samples; a paired gain needs the same ones")
-        # errored samples leave both rows of the pair: the gain is over the samples both ran
-        both = {s: [i for i, (a, b) in enumerate(zip(per_split[s], baseline[s])) if "error" not in a and "error" not in b]
-                for s in ood}
-        accs = [_correct([per_split[s][i] for i in both[s]]) for s in ood]
-        base = [_correct([baseline[s][i] for i in both[s]]) for s in ood]
-    else:
-        accs = [_correct(_ok(per_split[s])) for s in ood]
-    rng = np.random.default_rng(seed)
-    boots, gains = [], []
-    for _ in range(n_boot):
-        idx = [rng.integers(0, len(a), len(a)) for a in accs]
-        boots.append(np.mean([a[i].mean() for a, i in zip(accs, idx)]))
-        if base is not None:
-            gains.append(np.mean([(a[i] - b[i]).mean() for a, b, i in zip(accs, base, idx)]))
-    out = {"top1": float(np.mean([a.mean() for a in accs])),
-           "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
-    if base is not None:
-        out["gain"] = float(np.mean([(a - b).mean() for a, b in zip(accs, base)]))
-        out["gain_ci95"] = [float(np.quantile(gains, 0.025)), float(np.quantile(gains, 0.975))]
-    return out
-
-
-def markdown(results: dict) -> str:
-    splits = results["splits"]
-    head = "| method | " + " | ".join(splits) + " | OOD avg | OOD gain over zero-shot (paired 95% CI) |"
-    lines = [head, "|" + "---|" * (len(splits) + 3)]
-    for label, row in results["rows"].items():
-        cells = [f"{row[s]['top1']:.1f} ({row[s]['ci95'][0]:.1f}-{row[s]['ci95'][1]:.1f})" for s in splits]
-        o = row["ood_avg"]
-        cells.append(f"**{o['top1']:.1f}** ({o['ci95'][0]:.1f}-{o['ci95'][1]:.1f})")
-        cells.append(f"{o['gain']:+.1f} ({o['gain_ci95'][0]:+.1f} to {o['gain_ci95'][1]:+.1f})" if "gain" in o else "")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = results["splits"] + ["ood_avg"]
-    labels = list(results["rows"])
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    width = 0.8 / len(labels)
-    for j, label in enumerate(labels):
-        row = results["rows"][label]
-        vals = [row[c]["top1"] for c in cols]
-        err = np.array([[row[c]["top1"] - row[c]["ci95"][0], row[c]["ci95"][1] - row[c]["top1"]] for c in cols]).T
-        ax.bar(np.arange(len(cols)) + j * width, vals, width, yerr=err, capsize=2, label=label)
-    ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, [c.replace("_", " ") for c in cols])
-    ax.set_ylabel("top-1 accuracy (%)")
-    title = "RLCF on the embedded world (95% bootstrap CI)"
-    if results.get("placeholder"):
-        title = "PLACEHOLDER: random-weight models, chance-level by construction (95% bootstrap CI)"
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `python -m tasks.demo --tune`
-    "tpt-prompt.yaml": [1e-3, 5e-3, 2e-2, 5e-2, 1e-1, 3e-1, 1.0],
-    "ctpt-prompt.yaml": [1e-3, 5e-3, 2e-2, 5e-2, 1e-1, 3e-1, 1.0],
-    "rlcf-prompt.yaml": [2e-3, 7e-3, 2e-2, 5e-2, 1e-1, 3e-1, 1.0],
-    "rlcf-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
-    "kd-tune.yaml": [1e-5, 3e-5, 1e-4, 3e-4],
+TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `python -m tasks.demo --tune`; the world's
+    # text towers have CLIP's token scale (std 0.02), so the prompt grid brackets the official 5e-3 / 7e-3
+    "tpt-prompt.yaml": [5e-4, 1e-3, 2e-3, 5e-3, 7e-3, 1e-2, 2e-2, 5e-2],
+    "ctpt-prompt.yaml": [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 7e-3, 1e-2, 2e-2, 5e-2],
+    "rlcf-prompt.yaml": [5e-4, 1e-3, 2e-3, 5e-3, 7e-3, 1e-2, 2e-2, 5e-2],
+    "rlcf-tune.yaml": [3e-6, 5e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
+    "kd-tune.yaml": [3e-6, 5e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
 }
 
 
@@ -223,11 +151,86 @@ def placeholder_overrides() -> list[str]:
             f"reward.config_file={models / 'RLCF-Tiny-Reward.json'}"]
 
 
+def run_seed(seed: int, out: Path, rows: list[tuple[str, str]], splits: list[str], ood: list[str],
+             limit: int | None, views: int | None, extra: list[str], model_root: Path,
+             placeholder: bool = False) -> tuple[dict, dict[str, dict[str, list[dict]]]]:
+    """Every row of the table for world-model seed ``seed``: ``(results, {row: {split: records}})`` on rank 0."""
+    from .world.models import seed_root
+
+    rank, _ = dist_info()
+    results: dict = {"rows": {}, "splits": splits, "ood": ood, "limit": limit, "seed": seed,
+                     "held_out": [s for s in HELD_OUT if s in splits],
+                     "placeholder": placeholder, "note": PLACEHOLDER_NOTE if placeholder else ""}
+    models = seed_root(model_root, seed)
+    per_row: dict[str, dict[str, list[dict]]] = {}
+    for label, cfg_name in rows:
+        row_extra = list(extra)
+        if placeholder and cfg_name == "zero-shot-reward.yaml":   # the teacher row: the (tiny) reward model itself
+            row_extra += ["model." + x.split(".", 1)[1] for x in extra if x.startswith("reward.")]
+        elif not placeholder:
+            which = "reward" if cfg_name == "zero-shot-reward.yaml" else "policy"
+            row_extra += [f"model.pretrained={models / which}.pt", f"reward.pretrained={models / 'reward.pt'}"]
+        cells = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra, label)
+                 for s in splits}
+        if rank != 0:
+            continue
+        per_split = per_row[label] = {s: cells[s][1] for s in splits}
+        anchor = next(iter(per_row.values()))   # the first row, zero-shot: every other row is paired with it
+        base = None if anchor is per_split else anchor
+        row = {s: split_stats(per_split[s], base[s] if base else None, s) for s in splits}
+        row["ood_avg"] = ood_average(per_split, ood, baseline=base)
+        results["rows"][label] = row
+        gain = f", gain {row['ood_avg']['gain']:+.1f}" if base else ""
+        logger.info("%s: val %.1f, OOD avg %.1f%s", label, row["val"]["top1"], row["ood_avg"]["top1"], gain)
+    return results, per_row
+
+
+def best_row(results: dict) -> str | None:
+    """The adapted row (not zero-shot, not the teacher) with the highest OOD average."""
+    rows = [k for k in list(results["rows"])[1:] if "teacher" not in k]
+    return max(rows, key=lambda k: results["rows"][k]["ood_avg"]["top1"]) if rows else None
+
+
+def write_report(results: dict, per_row: dict, out: Path, data_root: Path) -> str:
+    """``results.json``, ``results.md``, ``results.png`` and ``examples.png`` under ``out``; returns the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    if results.get("placeholder"):
+        table = PLACEHOLDER_NOTE + "\n\n" + table
+    (out / "results.md").write_text(table)
+    best = best_row(results)
+    chart(results, per_row, out / "results.png", best)
+    if best is not None:
+        from .world.splits import build_world_dataset
+
+        zero = per_row[next(iter(per_row))]
+        images = {s: _LazyImages(build_world_dataset(s, data_root), zero[s]) for s in results["ood"]}
+        from .world.shapes import CLASSNAMES
+
+        example_grid(images, zero, per_row[best], CLASSNAMES, best, out / "examples.png")
+    return table
+
+
+class _LazyImages:
+    """``images[i]``: the PIL image of record position ``i`` (loaded only for the samples the grid shows)."""
+
+    def __init__(self, dataset, records: list[dict]) -> None:
+        self.dataset, self.records = dataset, records
+
+    def __getitem__(self, i: int):
+        return self.dataset.load(self.records[i]["index"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer samples and views (a few minutes)")
+    ap.add_argument("--quick", action="store_true", help="60 samples per split and 16 views (a look in ~2 min, "
+                    "once the models are trained)")
+    ap.add_argument("--seeds", default="0", help="world-model seeds, e.g. 0,1,2 (the README's table): each trains "
+                    "its own policy and reward; the table is the mean and range over them")
     ap.add_argument("--all-methods", action="store_true", help="also the peer methods (C-TPT, ZERO, TDA, KD, ensemble)")
-    ap.add_argument("--limit", type=int, default=None, help="samples per split, a seeded random subset (default 160; --quick: 60; 0: all)")
+    ap.add_argument("--limit", type=int, default=None, help="samples per split, a seeded random subset (default: "
+                    "every sample; --quick: 60)")
     ap.add_argument("--out", default="output/demo")
     ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev split only")
     ap.add_argument("--threads", type=int, default=1,
@@ -240,6 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--world", action="store_true", help=argparse.SUPPRESS)   # the default; kept for old commands
     ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
     args = ap.parse_args(argv)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     args.world = not args.placeholder
     setup_logging(args.verbose)
     register_all()
@@ -252,67 +259,63 @@ def main(argv: list[str] | None = None) -> dict:
         logger.warning(PLACEHOLDER_NOTE)
         extra = placeholder_overrides()
         args.limit = args.limit if args.limit is not None else 40
-        args.quick = True
-    # 160 per split keeps a first run (world + models + table) within 15 min on 2 cores; --limit 0: every sample
-    limit = args.limit if args.limit is not None else (60 if args.quick else 160)
-    limit = limit or None
+        args.quick, seeds = True, [0]
+    limit = (args.limit if args.limit is not None else (60 if args.quick else 0)) or None
     views = 16 if args.quick else None
-    out = Path(args.out)
+    out = Path(args.out) / ("placeholder" if not args.world else "")
     rows = ROWS + (PEER_ROWS if args.all_methods else [])
     # the placeholder has no trained filter model, hence no `adversarial` split
     splits, ood = (SPLITS, OOD) if args.world else (SPLITS[:-1], OOD[:-1])
     from .world.models import get_world_models
 
     data_root = Path(load_config(DEFAULTS, CONFIGS / ROWS[0][1], [])["data"]["root"]) / "world"
-    # builds the world and trains the models once (cached, verified); the placeholder only needs the splits
-    get_world_models(data_root=data_root, which=("filter", "policy", "reward") if args.world else (),
-                     splits=["dev"] if args.tune else splits)
-    if args.tune:
-        return tune(out, limit or 200, views)
-    results: dict = {"rows": {}, "splits": splits, "ood": ood, "limit": limit, "quick": args.quick,
-                     "placeholder": not args.world, "note": "" if args.world else PLACEHOLDER_NOTE}
-    if not args.world:
-        out = out / "placeholder"
-    anchor: dict[str, list[dict]] | None = None
-    for label, cfg_name in rows:
-        row_extra = list(extra)
-        if extra and cfg_name == "zero-shot-reward.yaml":   # the teacher row: the (tiny) reward model itself
-            row_extra += ["model." + x.split(".", 1)[1] for x in extra if x.startswith("reward.")]
-        cells = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra)
-                 for s in splits}
+    model_root = Path(os.environ.get("WORLD_MODELS") or "pretrained/world")
+    per_seed: dict[int, dict] = {}
+    for seed in seeds:
+        logger.info("stage: world models, seed %d (built once, cached under %s)", seed, model_root)
+        get_world_models(root=model_root, data_root=data_root, seed=seed,
+                         which=("filter", "policy", "reward") if args.world else (),
+                         splits=["dev"] if args.tune else splits)
+        if args.tune:
+            return tune(out, limit or 200, views)
+        seed_out = out if seed == 0 else out / f"seed{seed}"
+        logger.info("stage: %d methods x %d splits, %s samples per split, seed %d", len(rows), len(splits),
+                    limit or "every", seed)
+        results, per_row = run_seed(seed, seed_out, rows, splits, ood, limit, views, extra, model_root,
+                                    placeholder=not args.world)
         if rank != 0:
             continue
-        row = {s: summarise(cells[s][0]) for s in splits}
-        per_split = {s: cells[s][1] for s in splits}
-        anchor = anchor or per_split   # the first row, zero-shot: every other row's paired gain is over it
-        row["ood_avg"] = ood_average(per_split, ood, baseline=None if anchor is per_split else anchor)
-        results["rows"][label] = row
-        logger.info("%s: val %.1f, OOD avg %.1f", label, row["val"]["top1"], row["ood_avg"]["top1"])
+        results["minutes"] = (time.time() - t0) / 60
+        table = write_report(results, per_row, seed_out, data_root)
+        per_seed[seed] = results
+        print(f"\nRLCF on the embedded world, seed {seed}: top-1 % (95% bootstrap CI); OOD avg = mean of "
+              + ", ".join(ood))
+        print(table.split("\n\nPer split")[0] if "\n\nPer split" in table else table)
+        print(f"per split (paired gains, ECE, changed predictions): {seed_out}/results.md; "
+              f"figures: results.png, examples.png")
     if rank != 0:
         return {}
-    results["minutes"] = (time.time() - t0) / 60
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    table = markdown(results)
-    (out / "results.md").write_text(table)
-    chart(results, out / "results.png")
-    if not args.world:
-        print("\n" + PLACEHOLDER_NOTE)
-        (out / "results.md").write_text(PLACEHOLDER_NOTE + "\n\n" + table)
-    print("\nRLCF on the embedded world: top-1 % (95% bootstrap CI); OOD avg = mean of " + ", ".join(ood))
-    print(table)
+    results = per_seed[seeds[0]]
+    if len(seeds) > 1:
+        agg = seeds_markdown(per_seed)
+        (out / "results-seeds.md").write_text(agg)
+        (out / "results-seeds.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2))
+        print("\n" + agg)
+        results = {"seeds": per_seed, **results}
     if args.world and args.captions:
         from .captioning.world_demo import main as caption_demo
 
         caption_demo(["--quick", "--out-dir", str(out / "captions"), "--threads", str(args.threads)])
         captions_md = (out / "captions" / "results.md").read_text()
-        (out / "results.md").write_text(table + "\n" + captions_md.replace("# ", "## ", 1))
+        (out / "results.md").write_text((out / "results.md").read_text() + "\n" + captions_md.replace("# ", "## ", 1))
         print(captions_md)
-        results["minutes"] = (time.time() - t0) / 60
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"results: {out}/results.json, results.md, results.png ({results['minutes']:.1f} min)")
+    minutes = (time.time() - t0) / 60
+    print(f"results: {out}/results.md, results.json, results.png, examples.png"
+          + (", results-seeds.md" if len(seeds) > 1 else "") + f" ({minutes:.1f} min)")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    from tasks.common.cli import run_main
+
+    run_main(main)

@@ -11,6 +11,7 @@ from open_clip.loss import ClipLoss
 from PIL import Image
 from torchvision import transforms as T
 
+from conftest import make_clip
 from tasks.common.augment import augment_batch
 from tasks.common.train_clip import TrainConfig, TrainConfigError, label_aware_clip_loss, main, train_clip
 
@@ -102,3 +103,48 @@ def test_command_trains_label_aware_on_a_folder(tmp_path):
     with pytest.raises(SystemExit) as e:   # a user error: one line, exit 2
         main(["--data", str(tmp_path / "nothing.csv"), "--config", str(cfg), "--steps", "1"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("eps", [1e-12, 1e-5])
+def test_rescale_text_tower_keeps_the_function_and_sets_clips_token_scale(eps, caplog):
+    """Token embeddings of std 1 (init_for_short_training) -> CLIP's 0.02, features unchanged when eps is tiny."""
+    import copy
+
+    from tasks.common.train_clip import init_for_short_training, rescale_text_tower
+
+    model, _, tok = make_clip("RLCF-Tiny-Test", 0)
+    init_for_short_training(model)
+    for m in [*model.transformer.modules(), model.ln_final]:
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = eps
+    tokens = tok(["a photo of a cat.", "a tree frog", "x"])
+    before = model.encode_text(tokens, normalize=True).detach()
+    visual = copy.deepcopy(model.visual.state_dict())
+    c = rescale_text_tower(model, 0.02)
+    assert abs(model.token_embedding.weight.std().item() - 0.02) < 1e-4 and 0.015 < c < 0.025
+    after = model.encode_text(tokens, normalize=True).detach()
+    if eps == 1e-12:
+        assert torch.allclose(before, after, atol=1e-5) and not caplog.records
+    else:   # open_clip's default eps is not negligible at CLIP's scale: features move, and it says so
+        assert (before - after).abs().max() > 1e-4 and "eps" in caplog.text
+    assert all(torch.equal(v, model.visual.state_dict()[k]) for k, v in visual.items())
+
+
+def test_adam_on_the_rescaled_tower_equals_a_larger_lr_on_the_original():
+    """Why the rescale makes the official prompt lrs mean what they mean on CLIP: Adam at lr on c * x follows
+    Adam at lr / c on x (a context vector of the rescaled tower is c times the original's, its gradient 1/c)."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(16, generator=g)
+    c, lr = 0.02, 7e-3
+
+    def run(scale: float, rate: float) -> torch.Tensor:
+        x = torch.nn.Parameter(torch.randn(16, generator=torch.Generator().manual_seed(1)) * scale)
+        opt = torch.optim.AdamW([x], lr=rate, weight_decay=0.0, eps=1e-12)
+        for _ in range(3):
+            opt.zero_grad()
+            ((x / scale - target) ** 2).sum().backward()
+            opt.step()
+        return x.detach() / scale
+
+    assert torch.allclose(run(c, lr), run(1.0, lr / c), atol=1e-5)
+    assert not torch.allclose(run(c, lr), run(1.0, lr), atol=1e-3)

@@ -232,3 +232,40 @@ def test_two_torchrun_ranks_share_the_splits_and_the_models(tmp_path, world) -> 
     assert {r: sorted(ws) for r, ws in by_rank.items()} == {r: sorted(ws) for r, ws in enumerate(expected) if ws}
     for w in ("train", "train_extra", "val", "adversarial"):
         assert list((tmp_path / "d").glob(f"*/{w}/manifest.json")), w
+
+
+def test_a_run_left_on_the_initial_plateau_restarts_with_the_next_seed(tmp_path, world) -> None:
+    from dataclasses import replace
+
+    base = tiny_spec(world)
+    steps = replace(base.train, steps=6)
+    never = replace(base, train=steps, plateau=(3, 1e9))
+    rec = ensure_world_model("policy", tmp_path / "a", tmp_path / "d", world, spec=never, progress=False)
+    side = json.loads(open(rec["sidecar"]).read())
+    assert side["plateau_restarts"] == [] and side["train_seed_used"] == steps.seed
+    always = replace(base, train=steps, plateau=(3, -1.0))       # no loss is below -1: every seed is "stuck"
+    with pytest.raises(RuntimeError, match="plateau for 4 seeds"):
+        ensure_world_model("policy", tmp_path / "b", tmp_path / "d", world, spec=always, progress=False)
+    # a real training loss decides: a threshold between the first seed's loss and a lower one restarts once
+    first = json.loads(open(rec["sidecar"]).read())["loss_curve"]
+    import tasks.world.models as wm
+
+    calls = []
+    real = wm._plateau_check
+
+    def once(spec):
+        check = real(spec)
+        if calls:
+            return None
+        calls.append(1)
+        return check
+
+    pytest.MonkeyPatch().setattr(wm, "_plateau_check", once)
+    try:
+        stuck_once = replace(base, train=steps, plateau=(3, min(first[:3]) - 1e-6))
+        rec = ensure_world_model("policy", tmp_path / "c", tmp_path / "d", world, spec=stuck_once, progress=False)
+    finally:
+        wm._plateau_check = real
+    side = json.loads(open(rec["sidecar"]).read())
+    assert [r["seed"] for r in side["plateau_restarts"]] == [steps.seed]
+    assert side["train_seed_used"] == steps.seed + 1000 and len(side["loss_curve"]) == 6

@@ -43,4 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tasks.common.cli import run_main
+
+    run_main(main)

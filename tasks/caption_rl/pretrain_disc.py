@@ -39,4 +39,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from tasks.common.cli import run_main
+
+    run_main(main)

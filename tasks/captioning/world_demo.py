@@ -226,4 +226,6 @@ def main(argv: Sequence[str] | None = None, world: Any = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from tasks.common.cli import run_main
+
+    run_main(main)

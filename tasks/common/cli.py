@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from .config import dump_config, load_config
 from .data import UserError
 
-__all__ = ["Unit", "main", "setup_logging", "run_units", "PROJECT_LOGGERS"]
+__all__ = ["Unit", "main", "setup_logging", "run_units", "run_main", "PROJECT_LOGGERS"]
 
 logger = logging.getLogger("tasks")
 PROJECT_LOGGERS = ("tasks", "rlcf")
@@ -55,8 +55,11 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
+    import os
+
+    rank = int(os.environ.get("RANK", "0") or 0)   # under torchrun the other ranks say only what goes wrong
     for name in PROJECT_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).setLevel(logging.INFO if rank == 0 or verbose else logging.WARNING)
     if not verbose:
         for name in ("transformers", "timm", "open_clip", "urllib3", "PIL", "matplotlib"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -121,3 +124,22 @@ def main(argv: Sequence[str] | None, *, description: str, defaults: dict, units:
             raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_main(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
+    """``if __name__ == "__main__": run_main(main)``: run a command line's ``main``; an expected error
+    (:class:`UserError`: missing data or weights, a bad key or value) is one line on stderr and exit code 2,
+    the traceback only with ``--debug``; an integer result is the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    try:
+        out = entry(args)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if isinstance(out, int) and not isinstance(out, bool):
+        raise SystemExit(out)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .data import MissingDataError, UserError, repo_path
+from .data import MissingDataError, UserError, hub_download_command, repo_path
 from .text import encode_texts, text_features, text_tower
 
 logger = logging.getLogger(__name__)
@@ -267,7 +267,8 @@ WEIGHTS_HINT = ("OpenAI CLIP checkpoints (ViT-B-16.pt, ViT-L-14.pt; for RLCF-S a
 
 
 HF_HINT = ("Save one with `save_pretrained` (model, image processor, tokenizer) or, with network access, "
-           "`hf download <hub-id> --local-dir pretrained/hf/<name>`, and name it model.arch=hf:pretrained/hf/<name>.")
+           f"`{hub_download_command('<hub-id>', 'pretrained/hf/<name>')}`, and name it "
+           "model.arch=hf:pretrained/hf/<name>.")
 
 
 def _is_path(value: str | None) -> bool:
@@ -289,7 +290,7 @@ def checkpoint_problems(cfg: dict) -> list[str]:
             if not (folder / "config.json").is_file():
                 owner = {"clip-vit": "openai", "siglip": "google"}
                 hub = next((f"{o}/{folder.name}" for k, o in owner.items() if folder.name.startswith(k)), None)
-                hint = (f"With network access: `hf download {hub} --local-dir {folder}`; or save your own there "
+                hint = (f"With network access: `{hub_download_command(hub, folder)}`; or save your own there "
                         "with `save_pretrained` (model, image processor, tokenizer)." if hub else HF_HINT)
                 out.append(f"{what}: no Hugging Face model folder at {folder} (config.json missing). {hint}")
             continue

@@ -21,7 +21,15 @@ from typing import Any
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-__all__ = ["TrainProgress", "format_seconds"]
+__all__ = ["TrainProgress", "format_seconds", "bar_interval"]
+
+
+def bar_interval(tty: float = 1.0, log: float = 30.0) -> float:
+    """tqdm ``mininterval``: ``tty`` seconds on a terminal, ``log`` when stderr goes to a file or a CI log (where
+    every refresh is a new chunk of text)."""
+    import sys
+
+    return tty if getattr(sys.stderr, "isatty", lambda: False)() else log
 
 
 def format_seconds(s: float) -> str:
@@ -46,20 +54,23 @@ class TrainProgress:
         start: the step it starts from (``> 0`` after a resume; the ETA counts from here).
         log_every: log every this many steps (and at the first step of the run and the last one).
         desc: the bar's label.
-        rank: the process rank (``None``: from :func:`tasks.common.runner.dist_info`); only rank 0 shows a bar.
+        rank: the process rank (``None``: the process group's, else ``$RANK``, else 0); only rank 0 shows a bar.
     """
 
     def __init__(self, total: int, start: int = 0, log_every: int = 100, desc: str = "train",
                  rank: int | None = None) -> None:
         if rank is None:
-            from .runner import dist_info
+            import os
 
-            rank = dist_info()[0]
+            import torch.distributed as dist
+
+            rank = (dist.get_rank() if dist.is_available() and dist.is_initialized()
+                    else int(os.environ.get("RANK", "0") or 0))   # torchrun sets RANK before any group exists
         self.total, self.start, self.log_every = int(total), int(start), max(1, int(log_every))
         self.rank = rank
         self.t0 = time.time()
         self.bar = tqdm(total=self.total, initial=self.start, desc=desc, unit="step", dynamic_ncols=True,
-                        mininterval=1.0, disable=rank != 0)
+                        mininterval=bar_interval(1.0), disable=rank != 0)
         self._stack = ExitStack()
 
     def __enter__(self) -> "TrainProgress":

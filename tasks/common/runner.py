@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .progress import bar_interval
 from .batching import peak_memory_mb as _peak_memory_mb
 from .batching import process_batched, process_one
 from .data import loader_workers
@@ -221,7 +222,7 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
         shuffle_seed: int | None = None, allow_online_sharding: bool = False, shuffle: str = "python",
         device: torch.device | None = None, desc: str = "samples", meta: dict | None = None,
         shard: bool = True, fingerprint: dict | None = None, on_change: str = "error",
-        batch: int | str | None = None) -> dict | None:
+        batch: int | str | None = None, leave: bool = True) -> dict | None:
     """Process every pending sample of ``task`` and return the summary (rank 0; ``None`` elsewhere).
 
     Args:
@@ -244,6 +245,7 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
         batch: samples adapted at once (``task.process_batch``), an int or ``"auto"``
             (:mod:`tasks.common.batching`); ``None`` / 1: one at a time. Records, resume and sharding stay
             per sample, and the records equal an unbatched run's.
+        leave: keep the finished progress bar on the console (``False``: the main job, one bar per stage).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,8 +266,9 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
     shard = [i for i in order[rank::world] if online or i not in done]
     if online and all(i in done for i in shard):
         shard = []
-    logger.info("rank %d/%d: %d samples in shard, %d already recorded", rank, world,
-                len(order[rank::world]), sum(i in done for i in order[rank::world]))
+    n_done = sum(i in done for i in order[rank::world])
+    (logger.info if n_done and rank == 0 else logger.debug)(
+        "rank %d/%d: %d samples in shard, %d already recorded", rank, world, len(order[rank::world]), n_done)
     path = out / f"records-{rank}.jsonl"
     _repair(path)
     if device is not None and device.type == "cuda":
@@ -278,7 +281,8 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
             f.write(json.dumps(rec) + "\n")
             f.flush()
 
-        bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, disable=rank != 0, dynamic_ncols=True)
+        bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, disable=rank != 0, dynamic_ncols=True,
+                   leave=leave, mininterval=bar_interval(0.1))
         if batch not in (None, 1):
             process_batched(task, bar, batch, write, device, lambda: round(_peak_memory_mb(device), 1))
         else:

@@ -38,12 +38,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .augment import AUGMENTATIONS, augment_batch
+from .progress import bar_interval
 from .data import UserError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "train_clip", "label_aware_clip_loss", "normalize", "as_batch_augment", "save_clip",
-           "load_training_data", "init_for_short_training", "main"]
+           "load_training_data", "init_for_short_training", "rescale_text_tower", "main"]
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -178,7 +179,8 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
     losses: list[float] = []
     perm, pos = torch.randperm(n, generator=g), 0
     rank = dist_info()[0]
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress or rank != 0, mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress or rank != 0, mininterval=bar_interval(2.0),
+               dynamic_ncols=True)
     for step in bar:
         if pos + cfg.batch_size > n:
             perm, pos = torch.randperm(n, generator=g), 0
@@ -207,7 +209,8 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
         if callback is not None:
             callback(step, losses[-1])
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", lr=f"{_lr_at(step, cfg):.1e}")
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", lr=f"{_lr_at(step, cfg):.1e}",
+                            refresh=False)   # drawn at the bar's own interval (a log file gets few lines)
     model.eval()
     return losses
 
@@ -299,6 +302,37 @@ def init_for_short_training(model: torch.nn.Module, token_std: float = 1.0) -> i
     if emb is not None:
         torch.nn.init.normal_(emb.weight, std=token_std)
     return n
+
+
+@torch.no_grad()
+def rescale_text_tower(model: torch.nn.Module, token_std: float = 0.02) -> float:
+    """Rescale an open_clip text tower so that its token embeddings have std ``token_std`` (CLIP's 0.02), keeping
+    its function: token and positional embeddings and every residual branch's output projection (attention
+    ``out_proj``, MLP ``c_proj``, weights and biases) are multiplied by the same ``c``, so the residual stream is
+    ``c`` times the old one and every pre-norm LayerNorm (scale-invariant) sees the same input up to its ``eps``.
+
+    Exact only when the LayerNorms' ``eps`` is negligible against the rescaled stream's variance: the world's
+    architectures set ``text_cfg.norm_kwargs.eps = 1e-12`` (open_clip's 1e-5 would move features by ~5e-3 at
+    ``c`` = 0.02). Why: prompt tuning with Adam moves each context coordinate by about ``lr`` per step, whatever
+    the scale of the embeddings, so on token embeddings of std 1 the official prompt learning rates (5e-3, 7e-3)
+    take steps ~50x smaller relative to the context than on CLIP's; after the rescale they mean what they mean on
+    CLIP (Adam at ``lr`` on the rescaled tower = Adam at ``lr / c`` on the original). Returns ``c``.
+    """
+    emb = model.token_embedding.weight
+    c = float(token_std / emb.float().std())
+    emb.mul_(c)
+    model.positional_embedding.mul_(c)
+    for block in model.transformer.resblocks:
+        for proj in (block.attn.out_proj, block.mlp.c_proj):
+            proj.weight.mul_(c)
+            if proj.bias is not None:
+                proj.bias.mul_(c)
+    norms = [*model.transformer.modules(), model.ln_final]
+    eps = [m.eps for m in norms if isinstance(m, torch.nn.LayerNorm) and m.eps > 1e-9]
+    if eps:
+        logger.warning("rescale_text_tower: LayerNorm eps %g is not negligible after a rescale by %.3g; text "
+                       "features move (set text_cfg.norm_kwargs.eps=1e-12 in the architecture JSON)", eps[0], c)
+    return c
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

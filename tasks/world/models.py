@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,15 +38,16 @@ import numpy as np
 import open_clip
 import torch
 
-from tasks.common.clip import zero_shot_classifier
+from tasks.common.clip import _quiet_random_init, zero_shot_classifier
 
 from .splits import WORLD_VERSION, WorldConfig, build_world_dataset, load_split_tensors, materialize_split
-from .train import TrainConfig, init_for_short_training, normalize, train_clip
+from .train import TrainConfig, init_for_short_training, normalize, rescale_text_tower, train_clip
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MODEL_CONFIG_DIR", "ModelSpec", "model_specs", "register_world_models", "checkpoint_paths",
-           "checkpoint_is_valid", "ensure_world_model", "share", "get_world_models", "load_world_clip", "filter_predictor"]
+           "checkpoint_is_valid", "ensure_world_model", "share", "get_world_models", "load_world_clip", "filter_predictor",
+           "seed_root"]
 
 MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
 WHICH = ("filter", "policy", "reward")
@@ -54,32 +55,51 @@ WHICH = ("filter", "policy", "reward")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a world model is and how it is trained."""
+    """What a world model is and how it is trained.
+
+    ``plateau``: ``(step, loss)``: a run whose mean training loss over the 50 steps before ``step`` is still above
+    ``loss`` (the initial plateau, ~log(batch) = 4.16: the text tower has not yet told the class words apart) is
+    restarted with the next training seed (``seed + 1000``, at most 4 tries; recorded in the sidecar). Measured on
+    the reward's training seeds 2 / 12 / 22 / 32 / 42 (loss at step 400: 3.03 / 3.86 / 3.99 / 3.44 / 3.81): some
+    stay on it past step 1500 (dev 2.7 % after 2000 steps) with every warm-up, lr and the label-aware loss tried,
+    while seed 2 was at 2.8 by step 500. The decision reads only the training loss.
+    ``token_std``: after training, the text tower is rescaled (exactly, :func:`rescale_text_tower`) to token
+    embeddings of this std, CLIP's 0.02, so that prompt-tuning learning rates mean what they mean on CLIP
+    (training itself starts from std 1: :func:`init_for_short_training`); ``None`` keeps the trained scale.
+    """
     which: str
     name: str
     train: TrainConfig
     splits: tuple[str, ...]
     ms_per_image: float = 1.0   # measured training cost on 1 CPU thread (only used to share work between ranks)
+    token_std: float | None = 0.02
+    plateau: tuple[int, float] | None = (500, 3.5)
 
     @property
     def cost(self) -> float:
         return self.train.steps * self.train.batch_size * self.ms_per_image
 
 
-def model_specs(world: WorldConfig) -> dict[str, ModelSpec]:
-    """The three model specs (training hyper-parameters chosen on ``dev``)."""
+def model_specs(world: WorldConfig, seed: int = 0) -> dict[str, ModelSpec]:
+    """The three model specs (training hyper-parameters chosen on ``dev``). ``seed``: the world-model seed of
+    the policy and the reward (their training seeds are ``1 + 10 * seed`` and ``2 + 10 * seed``); the filter, and
+    with it the ``adversarial`` split, is the same for every seed, so that every seed is tested on the same images."""
     return {
         "filter": ModelSpec("filter", world.filter_model,
                             TrainConfig(steps=world.filter_steps, batch_size=min(128, world.size("train")), lr=2e-3,
                                         seed=3, augment="none"), ("train",), 1.4),
-        # dev zero-shot of the policy by steps: 1200 76.4, 1600 83.7, 2000 88.0, 2400 88.7
+        # The paper's relation (ViT-B/16 policy 66.7 % on ImageNet, ViT-L/14 teacher +6.7 clean, +12.8 OOD), chosen
+        # on dev and a heavy-augmented copy of dev (seed 0, 2026-12-01, /tmp experiments of issue 15):
+        # policy dev by steps 900 62.3, 1100 65.9, 1300 76.2, 1600 83.9 (session 3: 2400 steps, 88.7): 1200, the
+        # middle of the 60-80 % target band; reward (half of each batch heavy-augmented) dev / dev-augmented by
+        # steps 1600 75.5 / 62.3, 2000 83.3 / 72.5, 2400 85.2 / 78.4: 2000, +12 over the policy on clean dev and
+        # ~+30 on augmented dev, at 5.3 min of one core (2400: 6.3 min) to keep the main job within 12 min.
         "policy": ModelSpec("policy", "World-Policy-RN",
-                            TrainConfig(steps=2400, batch_size=64, lr=2e-3, seed=1, augment="none"), ("train",), 2.0),
-        # dev (clean / heavy-augmented) at 2400 steps: every image augmented 82.8 / 79.4, half of them 86.1 / 79.2
-        # (1800 steps, all augmented: 78.3 clean)
+                            TrainConfig(steps=1200, batch_size=64, lr=2e-3, seed=1 + 10 * seed, augment="none"),
+                            ("train",), 2.0),
         "reward": ModelSpec("reward", "World-Reward-RN",
-                            TrainConfig(steps=2400, batch_size=64, lr=2e-3, seed=2, augment="heavy", augment_from=500,
-                                        augment_p=0.5), ("train", "train_extra"), 3.4),
+                            TrainConfig(steps=2000, batch_size=64, lr=2e-3, seed=2 + 10 * seed, augment="heavy",
+                                        augment_from=500, augment_p=0.5), ("train", "train_extra"), 3.4),
     }
 
 
@@ -93,7 +113,7 @@ def register_world_models() -> None:
 def _checkpoint_id(spec: ModelSpec, world: WorldConfig) -> str:
     arch = json.loads((MODEL_CONFIG_DIR / f"{spec.name}.json").read_text())
     blob = {"version": WORLD_VERSION, "world": world.hash(), "train": asdict(spec.train), "splits": spec.splits,
-            "arch": arch}
+            "arch": arch, "token_std": spec.token_std, "plateau": spec.plateau}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -132,6 +152,29 @@ def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
 
 
+class _Plateau(Exception):
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(step, loss)
+        self.step, self.loss = step, loss
+
+
+def _plateau_check(spec: ModelSpec):
+    """``callback(step, loss)`` raising :class:`_Plateau` when, at ``spec.plateau[0]`` steps, the mean loss of the
+    last 50 steps is still above ``spec.plateau[1]`` (``None``: no check)."""
+    if spec.plateau is None or spec.train.steps <= spec.plateau[0]:
+        return None
+    at, threshold = spec.plateau
+    recent: list[float] = []
+
+    def check(step: int, loss: float) -> None:
+        recent.append(loss)
+        del recent[:-50]
+        if step + 1 == at and sum(recent) / len(recent) > threshold:
+            raise _Plateau(at, sum(recent) / len(recent))
+
+    return check
+
+
 def _train_world_model(spec: ModelSpec, world: WorldConfig, root: Path, data_root: str | Path,
                        progress: bool) -> dict:
     from ..common.runner import dist_info
@@ -143,14 +186,29 @@ def _train_world_model(spec: ModelSpec, world: WorldConfig, root: Path, data_roo
     images = torch.cat([p[0] for p in parts])
     caps = [c for p in parts for cs in p[2] for c in cs]
     tokens = tokenizer(caps).view(images.shape[0], world.n_captions, -1)
-    torch.manual_seed(spec.train.seed)
-    model = open_clip.create_model(spec.name, pretrained=None)
-    init_for_short_training(model)
     logger.info("training %s (%s) on %s: %d images, %d steps", spec.which, spec.name, "+".join(spec.splits),
                 images.shape[0], spec.train.steps)
     t0, c0 = time.time(), time.process_time()
-    losses = train_clip(model, images, tokens, spec.train, desc=spec.name, progress=progress)
+    attempts: list[dict] = []
+    while True:
+        cfg = replace(spec.train, seed=spec.train.seed + 1000 * len(attempts))
+        torch.manual_seed(cfg.seed)
+        with _quiet_random_init(True):   # from scratch on purpose: no "No pretrained weights loaded"
+            model = open_clip.create_model(spec.name, pretrained=None)
+        init_for_short_training(model)
+        try:
+            losses = train_clip(model, images, tokens, cfg, desc=f"world: training the {spec.which} model",
+                                progress=progress, callback=_plateau_check(spec))
+            break
+        except _Plateau as e:
+            attempts.append({"seed": cfg.seed, "step": e.step, "loss": e.loss})
+            if len(attempts) >= 4:
+                raise RuntimeError(f"{spec.name}: the loss stayed on its initial plateau for 4 seeds {attempts}")
+            logger.warning("%s (training seed %d): loss %.2f at step %d is still on the initial plateau (> %.2f): "
+                           "restarting with training seed %d", spec.name, cfg.seed, e.loss, e.step, spec.plateau[1],
+                           cfg.seed + 1000)
     wall, cpu = time.time() - t0, time.process_time() - c0
+    scale = rescale_text_tower(model, spec.token_std) if spec.token_std is not None else 1.0
     root.mkdir(parents=True, exist_ok=True)
     if sidecar.exists():
         sidecar.unlink()  # the marker goes first, so a crash below leaves no valid-looking pair
@@ -159,7 +217,9 @@ def _train_world_model(spec: ModelSpec, world: WorldConfig, root: Path, data_roo
             "world_hash": world.hash(), "world": world.to_dict(), "train": asdict(spec.train),
             "splits": list(spec.splits), "torch_threads": torch.get_num_threads(),
             "rank_and_world_size": list(dist_info()), "train_seconds": wall,
-            "train_cpu_seconds": cpu, "loss_curve": losses, "sha256": _sha256(pt)}
+            "train_cpu_seconds": cpu, "loss_curve": losses, "text_rescale": scale, "token_std": spec.token_std,
+            "train_seed_used": cfg.seed, "plateau_restarts": attempts,
+            "sha256": _sha256(pt)}
     _atomic_write_bytes(sidecar, lambda p: p.write_text(json.dumps(meta, indent=1)))
     logger.info("%s trained in %.0fs (cpu %.0fs), final loss %.3f -> %s", spec.name, wall, cpu,
                 float(np.mean(losses[-20:])), pt)
@@ -214,10 +274,17 @@ def share(costs: dict[str, float], n: int) -> list[list[str]]:
     return out
 
 
+def seed_root(root: str | Path, seed: int = 0) -> Path:
+    """Where the policy and reward of world-model seed ``seed`` live: ``root`` for seed 0, else ``root/seed<k>``
+    (the filter always under ``root``)."""
+    return Path(root) if seed == 0 else Path(root) / f"seed{seed}"
+
+
 def get_world_models(root: str | Path = "pretrained/world", device: str = "cpu", retrain: bool = False,
                      data_root: str | Path = "data/world", world: WorldConfig | None = None,
                      which: tuple[str, ...] = WHICH, progress: bool = True,
-                     splits: Sequence[str] = (), specs: dict[str, ModelSpec] | None = None) -> dict[str, dict]:
+                     splits: Sequence[str] = (), specs: dict[str, ModelSpec] | None = None,
+                     seed: int = 0) -> dict[str, dict]:
     """Make sure the world's models exist (training what is missing); ``{which: {name, path, ...}}``.
 
     Also materialises ``splits`` (e.g. the evaluation splits, ``adversarial`` after the filter).
@@ -231,15 +298,23 @@ def get_world_models(root: str | Path = "pretrained/world", device: str = "cpu",
     world = world or WorldConfig()
     register_world_models()
     rank, size = dist_info()
-    specs = {w: (specs or {}).get(w) or model_specs(world)[w] for w in which}
+    specs = {w: (specs or {}).get(w) or model_specs(world, seed)[w] for w in which}
+    roots = {w: Path(root) if w == "filter" else seed_root(root, seed) for w in which}
     # 1. the splits: training data first (every model needs it), `adversarial` last (it needs the filter)
     first = [s for s in dict.fromkeys([s for w in which for s in specs[w].splits] + list(splits)) if s != "adversarial"]
     for s in share({s: float(world.size(s)) for s in first}, size)[rank]:
         materialize_split(s, data_root, world)
     barrier()
     # 2. the models
-    for w in share({w: specs[w].cost for w in which}, size)[rank]:
-        ensure_world_model(w, root, data_root, world, retrain=retrain, progress=progress, spec=specs[w])
+    plan = share({w: specs[w].cost for w in which}, size)
+    todo = [w for w in which if not checkpoint_is_valid(*checkpoint_paths(specs[w], world, roots[w]))]
+    if todo and rank == 0:
+        where = "; ".join(f"rank {r}: {', '.join(x for x in jobs if x in todo)}" for r, jobs in enumerate(plan)
+                          if any(x in todo for x in jobs))
+        logger.info("world: training the %s model%s (seed %d; %s)", ", ".join(todo), "s" * (len(todo) > 1), seed,
+                    where if size > 1 else "one process")
+    for w in plan[rank]:
+        ensure_world_model(w, roots[w], data_root, world, retrain=retrain, progress=progress, spec=specs[w])
     barrier()
     if "adversarial" in splits:
         if rank == 0:
@@ -247,21 +322,23 @@ def get_world_models(root: str | Path = "pretrained/world", device: str = "cpu",
         barrier()
     out = {}
     for w in which:
-        out[w] = ensure_world_model(w, root, data_root, world, progress=progress, spec=specs[w])
+        out[w] = ensure_world_model(w, roots[w], data_root, world, progress=progress, spec=specs[w])
         out[w]["device"] = device
     return out
 
 
 def load_world_clip(which: str, root: str | Path = "pretrained/world", device: str = "cpu",
                     data_root: str | Path = "data/world", world: WorldConfig | None = None,
-                    spec: ModelSpec | None = None):
+                    spec: ModelSpec | None = None, seed: int = 0):
     """``(model, preprocess, tokenizer)`` of world model ``which`` ("policy" | "reward" | "filter").
 
     Loaded through the ordinary ``open_clip.create_model_and_transforms(name, pretrained=path)``;
     the model is in eval mode.  ``preprocess`` maps a ``PIL`` image to ``(3, S, S)``.
     """
     register_world_models()   # a cached checkpoint needs its architecture registered in this process too
-    rec = ensure_world_model(which, root, data_root, world, spec=spec)
+    world = world or WorldConfig()
+    spec = spec or model_specs(world, seed)[which]
+    rec = ensure_world_model(which, root if which == "filter" else seed_root(root, seed), data_root, world, spec=spec)
     model, _, preprocess = open_clip.create_model_and_transforms(rec["name"], pretrained=rec["path"], device=device)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(rec["name"])

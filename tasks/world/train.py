@@ -7,11 +7,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from tasks.common.train_clip import TrainConfig, init_for_short_training, normalize, train_clip
+from tasks.common.train_clip import TrainConfig, init_for_short_training, normalize, rescale_text_tower, train_clip
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train_clip", "init_for_short_training", "normalize", "zero_shot_predict",
+__all__ = ["TrainConfig", "train_clip", "init_for_short_training", "rescale_text_tower", "normalize", "zero_shot_predict",
            "zero_shot_accuracy"]   # TrainConfig, train_clip, init_for_short_training, normalize: from tasks.common.train_clip
 
 

@@ -115,5 +115,5 @@ def build_dataset(set_id: str, data_root: str | Path, transform: Callable | None
         raise MissingDataError(f"data root not found at '{root}' (building {set_id!r}); point data_root at the "
                                "folder that holds the dataset folders, e.g. <root>/imagenet-a/<wnid>/")
     ds = _registry()[0][key](root, transform=transform, classnames_source=classnames_source, **options)
-    logger.info("built %r", ds)
+    logger.debug("built %r", ds)
     return ds
