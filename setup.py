@@ -17,7 +17,7 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "open_clip_torch>=2.24",
-        "transformers>=4.40",
+        "transformers>=5.9",   # hf_clip: masking_utils create_bidirectional_mask (5.0) and inputs_embeds= (5.9)
         "peft>=0.21",
         "timm>=0.9",
         "numpy",

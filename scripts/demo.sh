@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: RLCF on the embedded offline world (no downloads, CPU).
-# Options (python -m tasks.demo --help): --quick, --limit N, --all-methods, --captions, --out DIR, --placeholder.
+# Options (python -m tasks.demo --help): --seeds 0,1,2 (the README's table), --quick (a look in ~2 min),
+# --limit N (default: every sample), --all-methods, --captions, --out DIR, --placeholder, --verbose, --debug.
 # On 2+ cores it runs under torchrun, one 1-thread process per core (2 at most; RLCF_NPROC overrides): the
 # processes share the world build, the model training and the samples, and the table is the same as one
 # process's. Killed runs resume: the world, the models and every finished sample are cached.

@@ -2,7 +2,7 @@
 
 ::
 
-    rlcf run classification --config configs/classification/rlcf-encoder.yaml data.set_id=A run.limit=100
+    rlcf run classification --config configs/classification/rlcf-tune.yaml data.set_id=A run.limit=100
     rlcf run retrieval | captioning | caption-train | caption-rl ...   (the same key=value overrides)
     rlcf methods                       # the method registry, one line each
     rlcf check classification --config C.yaml [key=value ...]   # pre-flight: every missing file, and what to do

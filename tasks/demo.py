@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.tune:
             return tune(out, limit or 200, views)
         seed_out = out if seed == 0 else out / f"seed{seed}"
-        logger.info("stage: %d methods x %d splits, %s samples per split, seed %d", len(rows), len(splits),
-                    limit or "every", seed)
+        logger.info("stage: %d methods x %d splits, %s, seed %d", len(rows), len(splits),
+                    f"{limit} samples per split" if limit else "every sample", seed)
         results, per_row = run_seed(seed, seed_out, rows, splits, ood, limit, views, extra, model_root,
                                     placeholder=not args.world)
         if rank != 0:

@@ -94,3 +94,18 @@ def test_image_dataset_resolves_paths(tmp_path):
     assert ds[0][0].size == (20, 10) and ds.subdirs == ["flickr30k-images"]
     with pytest.raises(MissingDataError, match="1.jpg"):
         CaptionImageDataset(load_annotations(path), tmp_path)
+
+
+def test_a_list_file_of_your_own_images(tmp_path):
+    """``path[,reference...]`` rows: ids are the file stems, or the path where two files share a stem; references
+    may be absent (TTA without metrics); an image listed twice is an error naming it."""
+    for rel in ("cat/1.jpg", "dog/1.jpg", "bird.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    (tmp_path / "mine.csv").write_text("cat/1.jpg,a cat,a small cat\ndog/1.jpg,a dog\nbird.jpg\n")
+    items = load_annotations(tmp_path / "mine.csv")
+    assert [i.image_id for i in items] == ["cat/1", "dog/1", "bird"]
+    assert [i.references for i in items] == [["a cat", "a small cat"], ["a dog"], []]
+    (tmp_path / "twice.csv").write_text("bird.jpg,a bird\nbird.jpg,another\n")
+    with pytest.raises(ValueError, match="'bird' is listed twice"):
+        load_annotations(tmp_path / "twice.csv")

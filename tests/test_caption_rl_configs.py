@@ -109,3 +109,21 @@ def test_build_recipe_rejects_unknown_names():
         build_recipe("ppo", None, None, DEFAULTS)
     with pytest.raises(ValueError, match="data.rows"):
         load_rl_config(None, ["data.rows=pairs"])
+
+
+def test_keys_of_older_configs_say_where_they_moved(tmp_path):
+    """Configs written before the decoding presets fail with the key's new place, in a file or an override."""
+    from tasks.common.data import UserError
+
+    old = tmp_path / "old.yaml"
+    old.write_text("gt: {num_beams: 5}\n")
+    with pytest.raises(UserError, match=r"'gt.num_beams' \(in .*old.yaml\) has moved: gt.decoding.policy.num_beams"):
+        load_rl_config(str(old))
+    with pytest.raises(UserError, match="has moved: vlrm.decoding.rollout.top_k"):
+        load_rl_config(None, ["vlrm.top_k=50"])
+    with pytest.raises(UserError, match="has moved: eval.decoding.num_beams"):
+        load_rl_config(None, ["eval.num_beams=3"])
+    with pytest.raises(UserError, match="old true is paper"):
+        load_rl_config(None, ["gt.gt_term=true"])
+    with pytest.raises(UserError, match="valid keys here"):          # an unknown key keeps the list of valid ones
+        load_rl_config(None, ["gt.nope=1"])

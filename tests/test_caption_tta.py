@@ -106,6 +106,7 @@ def test_caption_task_records_and_summary(tmp_path, policy, reward_clip, tiny_cl
     summary = run(task, tmp_path, workers=0)
     recs = [json.loads(line) for line in (tmp_path / "records-0.jsonl").read_text().splitlines()]
     assert [r["id"] for r in recs] == ["0", "1", "2"]
+    assert {r["precision"] for r in recs} == {"fp32"}                  # amp auto is fp32 on CPU, and says so
     r = recs[0]
     assert isinstance(r["caption"], str) and isinstance(r["caption_zeroshot"], str)
     assert len(r["candidates"]) == 2 and len(r["candidates"][0]) == 3

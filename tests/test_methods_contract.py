@@ -233,3 +233,19 @@ def test_one_place_lists_every_method():
     code = "import rlcf, tasks.classification, tasks.retrieval, tasks.captioning; print(rlcf.list_methods())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "['rlcf', 'tpt', 'zeroshot']", out.stderr
+
+
+def test_method_options_are_checked_by_name_and_type():
+    """A method's own options (``adapt.options`` in a config) are a typed dataclass: an unknown name lists the
+    method's options, a wrong type names the option; a method without options says 'none'."""
+    from tasks.methods import register_all
+
+    register_all()
+    policy = build("prompt")[0]
+    assert rlcf.create_method("ctpt", policy, options={"ctpt_lambda": 50.0}).options.ctpt_lambda == 50.0
+    with pytest.raises(TypeError, match=r"no option\(s\) \['lambda'\]; its options: \['ctpt_lambda'\]"):
+        rlcf.create_method("ctpt", policy, options={"lambda": 50.0})
+    with pytest.raises(TypeError, match="option 'ctpt_lambda' of method 'ctpt' expects float"):
+        rlcf.create_method("ctpt", policy, options={"ctpt_lambda": "big"})
+    with pytest.raises(TypeError, match="its options: none"):
+        rlcf.create_method("tpt", policy, options={"anything": 1})

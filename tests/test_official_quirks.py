@@ -72,6 +72,13 @@ def test_prompt_tuning_reward_reads_the_words():
     assert policy.prompt_prefix == "a photo of a" and policy.n_ctx == 4
     with pytest.raises(ValueError, match="must contain"):
         class_template(load_config(DEFAULTS, None, ["prompt.class_template=no placeholder"]))
+    own = load_config(DEFAULTS, CLS / "rlcf-prompt.yaml", ["prompt.class_template=a sketch of the {}."])
+    policy = build_policy("prompt", clip, CLASSNAMES, tok, own)          # the one template reaches the policy too
+    assert policy.prompt_prefix == "a sketch of the" and class_template(own) == "a sketch of the {}."
+    from tasks.common.data import UserError
+
+    with pytest.raises(UserError, match="prompt.class_template"):
+        build_policy("prompt", clip, CLASSNAMES, tok, load_config(DEFAULTS, None, ["prompt.class_template={} here"]))
 
 
 # ------------------------------------------------------------------ 2. caption TTA token loss

@@ -110,6 +110,7 @@ def test_cli_both_directions_and_zeroshot_ranks_equal_the_full_score_matrix(data
         assert 0.0 <= results[k] <= 100.0
     assert results["runs"]["t2i"]["queries"] == 24 and results["runs"]["i2t"]["queries"] == 8
     assert len(read_records(out / "coco_t2i")) == 24 and (out / "coco_i2t" / "summary.md").is_file()
+    assert {r["precision"] for d in ("coco_t2i", "coco_i2t") for r in read_records(out / d).values()} == {"fp32"}
 
     zs = tmp_path / "zeroshot"
     main(cli_args(data_root, zs, method="zeroshot", direction="i2t"))

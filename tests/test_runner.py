@@ -114,6 +114,9 @@ def test_config_overrides_are_type_checked():
         apply_overrides(d, ["a.steps=abc"])
     with pytest.raises(FileNotFoundError):
         load_config(d, "nope.yaml")
+    assert apply_overrides(d, ["a.name={} here"])["a"]["name"] == "{} here"     # not YAML: taken as text
+    with pytest.raises(ValueError, match="not valid YAML"):                     # a broken list says so
+        apply_overrides(d, ["a.amp=[1, 2}"])
 
 
 def test_records_of_another_configuration_are_never_mixed_in(tmp_path):

@@ -98,8 +98,10 @@ def test_command_trains_label_aware_on_a_folder(tmp_path):
     cfg = tmp_path / "MyTiny2.json"
     cfg.write_text((FIX / "RLCF-Tiny-Test.json").read_text())
     pt = main(["--data", str(tmp_path / "data"), "--config", str(cfg), "--out", str(tmp_path / "out"),
-               "--steps", "3", "--batch-size", "4", "--label-aware", "--augment", "none"])
+               "--steps", "3", "--batch-size", "4", "--label-aware", "--augment", "none", "--short-init"])
     assert pt.is_file()
+    emb = torch.load(pt)["token_embedding.weight"]      # trained at std ~1, saved at CLIP's scale
+    assert abs(float(emb.float().std()) - 0.02) < 1e-6
     with pytest.raises(SystemExit) as e:   # a user error: one line, exit 2
         main(["--data", str(tmp_path / "nothing.csv"), "--config", str(cfg), "--steps", "1"])
     assert e.value.code == 2

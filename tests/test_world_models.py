@@ -269,3 +269,40 @@ def test_a_run_left_on_the_initial_plateau_restarts_with_the_next_seed(tmp_path,
     side = json.loads(open(rec["sidecar"]).read())
     assert [r["seed"] for r in side["plateau_restarts"]] == [steps.seed]
     assert side["train_seed_used"] == steps.seed + 1000 and len(side["loss_curve"]) == 6
+
+
+def test_early_stop_on_dev_stops_at_the_first_check_reaching_the_target(tmp_path, world) -> None:
+    """``stop_dev``: zero-shot dev top-1 measured every ``every`` steps from ``from_step``; a reachable target stops
+    the run at the first check (the model saved is the one measured), an unreachable one trains every step, and
+    the rule is part of the checkpoint id."""
+    from dataclasses import replace
+
+    from tasks.world.models import _checkpoint_id, load_world_clip
+    from tasks.world.splits import load_split_tensors
+    from tasks.world.train import zero_shot_accuracy
+
+    base = tiny_spec(world)
+    steps = replace(base.train, steps=8)
+    never = replace(base, train=steps, plateau=None, stop_dev=(2, 3, 1.01))     # top-1 never exceeds 100 %
+    rec = ensure_world_model("policy", tmp_path / "a", tmp_path / "d", world, spec=never, progress=False)
+    side = json.loads(open(rec["sidecar"]).read())
+    assert side["steps_trained"] == 8 and [s for s, _ in side["dev_checks"]] == [2, 5]
+    now = replace(base, train=steps, plateau=None, stop_dev=(2, 3, 0.0))         # any accuracy reaches 0 %
+    rec = ensure_world_model("policy", tmp_path / "b", tmp_path / "d", world, spec=now, progress=False)
+    side = json.loads(open(rec["sidecar"]).read())
+    assert side["steps_trained"] == 2 and len(side["loss_curve"]) == 2 and len(side["dev_checks"]) == 1
+    model, _, tok = load_world_clip("policy", tmp_path / "b", data_root=tmp_path / "d", world=world, spec=now)
+    images, labels, _ = load_split_tensors("dev", tmp_path / "d", world=world)   # the saved model is the measured one
+    assert abs(zero_shot_accuracy(model, tok, images, labels, world.classnames) - side["dev_checks"][0][1]) < 1e-3
+    plain = replace(base, train=steps, plateau=None, stop_dev=None)
+    assert _checkpoint_id(plain, world) != _checkpoint_id(now, world) != _checkpoint_id(never, world)
+
+
+def test_world_train_module_is_the_world_command_line() -> None:
+    """``python -m tasks.world.train`` (the name issue reports use) runs ``python -m tasks.world``."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tasks.world.train", "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and "--seed" in out.stdout and "world-model seed" in out.stdout, out.stderr

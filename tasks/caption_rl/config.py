@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import rlcf
 from tasks.captioning.model import PrefixCaptioner
-from tasks.common.config import load_config
+from tasks.common.config import ConfigKeyError, ConfigTypeError, ConfigValueError, load_config
 
 from .common import Recipe
 from .decoding import DECODING_SECTION
@@ -71,15 +71,32 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# keys of the configs before the decoding presets (issue 18) and where they went
+MOVED = {
+    **{f"gt.{k}": f"gt.decoding.policy.{k} (or a named gt.decoding.policy.preset)"
+       for k in ("num_beams", "no_repeat_ngram_size", "temperature", "top_k")},
+    "gt.candidates": "gt.decoding.policy.mode (beam | sample; or a named gt.decoding.policy.preset)",
+    **{f"vlrm.{k}": f"vlrm.decoding.rollout.{k} (or a named vlrm.decoding.rollout.preset)"
+       for k in ("top_k", "temperature", "max_new_tokens")},
+    "eval.num_beams": "eval.decoding.num_beams",
+}
+
+
 def load_rl_config(path: str | None = None, overrides: Sequence[str] = (), recipe: str | None = None) -> dict:
     """:data:`DEFAULTS` <- ``path`` <- ``overrides``; ``recipe`` (the CLI's ``--recipe``) wins over the file's."""
-    cfg = load_config(DEFAULTS, path, overrides)
+    try:
+        cfg = load_config(DEFAULTS, path, overrides, moved=MOVED)
+    except ConfigTypeError as e:
+        if "'gt.gt_term'" in str(e):   # a boolean before issue 18
+            raise ConfigTypeError(f"{e}: gt.gt_term is now paper | none | public (the old true is paper, false "
+                                  "is none)") from None
+        raise
     cfg["recipe"] = recipe or cfg["recipe"]
     if cfg["recipe"] not in RECIPES:
-        raise KeyError(f"unknown recipe '{cfg['recipe']}'; choose from {list(RECIPES)}")
+        raise ConfigKeyError(f"unknown recipe '{cfg['recipe']}'; choose from {list(RECIPES)}")
     if cfg["data"]["rows"] not in ("caption", "image"):
-        raise ValueError(f"data.rows must be 'caption' (one row per GT caption) or 'image', "
-                         f"got {cfg['data']['rows']!r}")
+        raise ConfigValueError(f"data.rows must be 'caption' (one row per GT caption) or 'image', "
+                               f"got {cfg['data']['rows']!r}")
     return cfg
 
 

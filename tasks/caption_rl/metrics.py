@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from rlcf.reward import encode_batched
 from tasks.captioning.metrics import self_bleu, simple_tokenize, vocab_size
 
 from .contrastive import cosine_matrix
@@ -142,18 +143,18 @@ def quality_metrics(captions: Sequence[str], self_bleu_max: int = 1000,
 @torch.no_grad()
 def encode_texts(model: nn.Module, tokenizer: Callable, texts: Sequence[str], batch_size: int = 256) -> Tensor:
     """``[N, D]`` float32 CLIP text embeddings (unnormalised) on the model's device."""
+    if len(texts) == 0:
+        return torch.zeros(0)
     dev = next(model.parameters()).device
-    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(dev)).float()
-           for i in range(0, len(texts), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0)
+    return encode_batched(lambda chunk: model.encode_text(tokenizer(list(chunk)).to(dev)), list(texts), batch_size,
+                          normalize=False)
 
 
 @torch.no_grad()
 def encode_images(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     """``[N, D]`` float32 CLIP image embeddings of preprocessed (centre-cropped) images ``[N, 3, H, W]``."""
     dev = next(model.parameters()).device
-    return torch.cat([model.encode_image(images[i:i + batch_size].to(dev)).float()
-                      for i in range(0, images.shape[0], batch_size)])
+    return encode_batched(lambda chunk: model.encode_image(chunk.to(dev)), images, batch_size, normalize=False)
 
 
 def distinctiveness_metrics(captions: Sequence[str], image_feats: Tensor, model: nn.Module, tokenizer: Callable,

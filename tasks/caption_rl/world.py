@@ -86,8 +86,8 @@ RECIPE_OVERRIDES: dict[str, list[str]] = {
 def embed_images(model: torch.nn.Module, preprocess: Callable, images: Sequence, bs: int = 256) -> torch.Tensor:
     """``[N, D]`` float32 CPU image embeddings (unnormalised) of PIL ``images``."""
     dev = next(model.parameters()).device
-    return torch.cat([model.encode_image(torch.stack([preprocess(im) for im in images[i:i + bs]]).to(dev)).float().cpu()
-                      for i in range(0, len(images), bs)])
+    return rlcf.encode_batched(lambda chunk: model.encode_image(torch.stack([preprocess(im) for im in chunk]).to(dev)).cpu(),
+                          list(images), bs, normalize=False)
 
 
 def _claim_out_dir(out: Path, cfg: dict) -> None:

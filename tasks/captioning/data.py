@@ -136,8 +136,19 @@ def load_annotations(path: str | Path, split: str = "test", domain: str | None =
     from ..common.lists import LIST_SUFFIXES, read_list
 
     if Path(path).suffix.lower() in LIST_SUFFIXES:   # your own images: path[,reference...] rows
-        return [CaptionItem(str(r.file), Path(r.path).stem, list(r.values)) for r in
-                read_list(path, check_files=True, min_values=0)]
+        rows = read_list(path, check_files=True, min_values=0)
+        from collections import Counter
+
+        stems = [Path(r.path).stem for r in rows]
+        n = Counter(stems)
+        # the image id is the file stem, or the path as written where two files share a stem (cat/1.jpg, dog/1.jpg)
+        ids = [st if n[st] == 1 else Path(r.path).with_suffix("").as_posix() for st, r in zip(stems, rows)]
+        twice = [i for i, c in Counter(ids).items() if c > 1]
+        if twice:
+            dup = twice[0]
+            raise ValueError(f"{path}: the image '{dup}' is listed twice; give each image one row with all its "
+                             "references")
+        return [CaptionItem(str(r.file), i, list(r.values)) for r, i in zip(rows, ids)]
     data = _read_json(path, "caption annotation file")
     if isinstance(data, list):
         items = _from_lavis(data)

@@ -18,11 +18,12 @@ from rlcf.engine import AdaptConfig
 from rlcf.reward import input_resolution
 
 from ..common.clip import build_clip, resolve_device
+from ..common.data import UserError
 from ..common.clip import build_reward as build_reward_models
 from .datasets import build_dataset, canonical_id
 from .datasets.fewshot import BUILDERS as FINE_GRAINED
 from .metrics import classification_metrics
-from .policies import EncoderPolicy, PromptPolicy, class_prompts
+from .policies import EncoderPolicy, PromptPolicy, class_prompts, context_of_template
 from .views import ViewTransform
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,16 @@ DEFAULTS: dict[str, Any] = {
 def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict, templates=None):
     if kind == "prompt":
         p = cfg["prompt"]
+        if p.get("class_template"):
+            try:
+                context_of_template(p["class_template"])
+            except ValueError as e:
+                raise UserError(f"prompt.class_template: {e} (policy=prompt tunes the words before the class "
+                                "name)") from None
+        # an explicit prompt.class_template is the one template of the run: the context starts from its words
+        # (PromptPolicy(template=)), as the reward's class texts and the zero-shot baseline read it
         policy = PromptPolicy(clip, classnames, tokenizer, n_ctx=p["n_ctx"], ctx_init=p["ctx_init"],
-                              text_chunk=p["text_chunk"])
+                              text_chunk=p["text_chunk"], template=p.get("class_template") or None)
         if p["coop"]:
             policy.load_coop(p["coop"])
         return policy

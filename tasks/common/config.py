@@ -54,6 +54,13 @@ def expand_env(value: Any) -> Any:
     return value
 
 
+def _unknown(key: str, valid: list | None, why: str = "") -> ConfigKeyError:
+    e = ConfigKeyError(f"unknown config key '{key}'" + (f" ({why})" if why else "")
+                       + (f"; valid keys here: {valid}" if valid is not None else ""))
+    e.key = key
+    return e
+
+
 def merge(base: Mapping[str, Any], delta: Mapping[str, Any], path: str = "", strict: bool = True) -> dict:
     """Deep-merge ``delta`` into a copy of ``base``; unknown keys raise ``KeyError`` when ``strict``."""
     out = copy.deepcopy(dict(base))
@@ -61,7 +68,7 @@ def merge(base: Mapping[str, Any], delta: Mapping[str, Any], path: str = "", str
         key = f"{path}{k}"
         if k not in out:
             if strict:
-                raise ConfigKeyError(f"unknown config key '{key}'; valid keys here: {sorted(out)}")
+                raise _unknown(key, sorted(out))
             out[k] = copy.deepcopy(v)
         elif isinstance(out[k], dict) and isinstance(v, Mapping) and (k == "options" or k == "per_set"):
             out[k] = {**out[k], **copy.deepcopy(dict(v))}   # free-form options: a union, later keys win
@@ -94,25 +101,43 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
         if "=" not in item:
             raise ConfigValueError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            if raw.lstrip()[:1] in "[{" and raw.rstrip()[-1:] in "]}":   # meant as a list / mapping: say so
+                raise ConfigValueError(f"override '{item}': the value is not valid YAML; quote it to pass a "
+                                       "string (key='\"...\"')") from None
+            value = raw   # text such as "{} here": a plain string
         node, parts = cfg, key.split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise ConfigKeyError(f"unknown config key '{key}' (no section '{p}')")
+                raise _unknown(key, None, f"no section '{p}'")
             node = node[p]
         last = parts[-1]
         if last not in node and not parts[-2:-1] == ["options"]:
-            raise ConfigKeyError(f"unknown config key '{key}'; valid keys here: {sorted(node)}")
+            raise _unknown(key, sorted(node))
         node[last] = _check_type(key, node.get(last), value)
     return cfg
 
 
 def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
-                overrides: Sequence[str] = ()) -> dict:
+                overrides: Sequence[str] = (), moved: Mapping[str, str] | None = None) -> dict:
     """``defaults`` <- YAML file (may say ``base: other.yaml``, relative to it) <- overrides.
 
-    String values may use ``${NAME:-default}`` environment variables (expanded last).
+    String values may use ``${NAME:-default}`` environment variables (expanded last). ``moved`` maps keys of
+    older configs to where they went (a sentence): such a key fails with that sentence instead of the list of
+    valid keys.
     """
+    try:
+        return _load_config(defaults, path, overrides)
+    except ConfigKeyError as e:
+        key = getattr(e, "key", None)
+        if moved and key in moved:
+            raise ConfigKeyError(f"config key '{key}' (in {path or 'the overrides'}) has moved: {moved[key]}") from None
+        raise
+
+
+def _load_config(defaults: Mapping[str, Any], path: str | Path | None, overrides: Sequence[str]) -> dict:
     cfg = copy.deepcopy(dict(defaults))
     if path is not None:
         cfg = merge(cfg, _read_yaml(repo_path(path)))

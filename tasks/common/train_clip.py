@@ -136,7 +136,7 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: TrainConfig, desc: str = "train",
-               progress: bool = True, callback: Callable[[int, float], None] | None = None,
+               progress: bool = True, callback: Callable[[int, float], bool | None] | None = None,
                labels: Tensor | None = None) -> list[float]:
     """Train ``model`` in place with the CLIP loss; returns the loss of every step.
 
@@ -145,7 +145,8 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
         images: ``uint8`` ``(N, 3, H, W)`` at the model's input size.
         tokens: ``long`` ``(N, K, L)``: ``K`` tokenised captions per image.
         cfg: hyper-parameters.
-        callback: called as ``callback(step, loss)`` after every step.
+        callback: called as ``callback(step, loss)`` after every step; returning ``True`` stops training there
+            (early stopping: the losses so far are returned). The model is in train mode when it returns.
         labels: ``[N]`` class labels (``cfg.label_aware``).
     """
     from rlcf.reward import input_resolution
@@ -179,9 +180,11 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
     losses: list[float] = []
     perm, pos = torch.randperm(n, generator=g), 0
     rank = dist_info()[0]
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress or rank != 0, mininterval=bar_interval(2.0),
-               dynamic_ncols=True)
-    for step in bar:
+    # a manual bar: tqdm's iterator form keeps its count in a local, so a refresh by its monitor thread (a log
+    # file's long interval) showed a stale step next to a fresh loss
+    bar = tqdm(total=cfg.steps, desc=desc, disable=not progress or rank != 0, mininterval=bar_interval(2.0),
+               dynamic_ncols=True, unit="step")
+    for step in range(cfg.steps):
         if pos + cfg.batch_size > n:
             perm, pos = torch.randperm(n, generator=g), 0
         idx = perm[pos:pos + cfg.batch_size]
@@ -207,10 +210,16 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(float(loss.detach()))
         if callback is not None:
-            callback(step, losses[-1])
+            stop = callback(step, losses[-1]) is True
+            model.train()   # the callback may have evaluated the model
+            if stop:
+                bar.update(1)
+                break
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", lr=f"{_lr_at(step, cfg):.1e}",
                             refresh=False)   # drawn at the bar's own interval (a log file gets few lines)
+        bar.update(1)
+    bar.close()
     model.eval()
     return losses
 
@@ -290,8 +299,9 @@ def init_for_short_training(model: torch.nn.Module, token_std: float = 1.0) -> i
       (``nn.Embedding``'s default) shortens it (dev zero-shot after 300 steps: 15 % -> 35 %).
 
     Only initial values change; the architecture and the checkpoint format are open_clip's. Trap: prompt
-    tuning of such a model moves context vectors of std ~1, not CLIP's 0.02, so its learning rates are ~20x
-    the official ones for the same relative step (the world's prompt lr is 0.1 where ViT-B/16's is 5e-3).
+    tuning of such a model moves context vectors of std ~1, not CLIP's 0.02, so the official prompt learning
+    rates take ~50x smaller relative steps (``benchmarks/prompt_scale.py``). Call :func:`rescale_text_tower`
+    after training (the world's models and ``--short-init`` of the CLI do) to give it CLIP's scale back.
     """
     n = 0
     for name, p in model.named_parameters():
@@ -354,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--label-aware", action="store_true", help="same-class pairs are positives (folder data)")
     ap.add_argument("--short-init", action="store_true",
                     help="init_for_short_training (as the world's models): ResNet bn3 scales 1, token embeddings std 1 "
-                         "(prompt-tuning lrs then scale ~20x, see its docstring)")
+                         "for training; afterwards the text tower is rescaled exactly to CLIP's token std 0.02 "
+                         "(rescale_text_tower), so that prompt-tuning lrs mean what they mean for CLIP")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--debug", action="store_true")
@@ -375,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         tokens = tokens_for(data.captions, open_clip.get_tokenizer(name))
         logger.info("training %s on %d images (%s), %d steps", name, len(data.images), args.data, cfg.steps)
         losses = train_clip(model, data.images, tokens, cfg, desc=f"training {name}", labels=data.labels)
+        if args.short_init:
+            rescale_text_tower(model, 0.02)   # same function, CLIP's embedding scale (see the world's ModelSpec)
         pt = save_clip(model, args.config, args.out, name, {"data": args.data, "config": cfg.__dict__,
                                                              "final_loss": sum(losses[-10:]) / len(losses[-10:])})
         logger.info("saved %s; load it with load_clip(%r, %r, config_file=%r)", pt, name, str(pt),

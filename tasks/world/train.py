@@ -37,3 +37,9 @@ def zero_shot_accuracy(model: torch.nn.Module, tokenizer: Callable, images: torc
     templates = [templates] if isinstance(templates, str) else templates
     tf = zero_shot_classifier(model, tokenizer, classnames, templates)
     return float((zero_shot_predict(model, images, tf) == labels).float().mean())
+
+
+if __name__ == "__main__":   # ``python -m tasks.world.train``: the world's command line, as ``python -m tasks.world``
+    import runpy
+
+    runpy.run_module("tasks.world", run_name="__main__", alter_sys=True)
