@@ -123,10 +123,16 @@ TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `pyth
 }
 
 
-def tune(out: Path, limit: int, views: int | None) -> dict:
-    """Dev-split accuracy of zero-shot and of each learning rate of :data:`TUNE_GRID` (printed; choose by hand)."""
+def tune(out: Path, limit: int, views: int | None, only: Sequence[str] = ()) -> dict:
+    """Dev-split accuracy of zero-shot and of each learning rate of :data:`TUNE_GRID` (printed; choose by hand);
+    ``only``: config stems to tune (default: every one). The seed-0 models (``configs/world`` name them)."""
+    unknown = sorted(set(only) - {Path(c).stem for c in TUNE_GRID})
+    if unknown:
+        raise SystemExit(f"--tune-only: unknown config(s) {unknown}; choose from {[Path(c).stem for c in TUNE_GRID]}")
     cells = [("zero-shot", "zero-shot.yaml", [])]
     for cfg_name, lrs in TUNE_GRID.items():
+        if only and Path(cfg_name).stem not in only:
+            continue
         cells += [(f"{Path(cfg_name).stem}-lr{lr:g}", cfg_name, [f"adapt.lr={lr}"]) for lr in lrs]
     table = {}
     for name, cfg_name, over in cells:
@@ -232,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="samples per split, a seeded random subset (default: "
                     "every sample; --quick: 60)")
     ap.add_argument("--out", default="output/demo")
-    ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev split only")
+    ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev split only (seed-0 models)")
+    ap.add_argument("--tune-only", default="", help="with --tune: comma-separated configs, e.g. rlcf-tune,tpt-prompt")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: the world's small models gain nothing from more, and lose under load)")
     ap.add_argument("--placeholder", action="store_true",
@@ -247,6 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
         ap.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds:
+        ap.error("--seeds needs at least one seed, e.g. 0 or 0,1,2")
     args.world = not args.placeholder
     setup_logging(args.verbose)
     register_all()
@@ -272,12 +282,13 @@ def main(argv: list[str] | None = None) -> dict:
     model_root = Path(os.environ.get("WORLD_MODELS") or "pretrained/world")
     per_seed: dict[int, dict] = {}
     for seed in seeds:
+        t_seed = time.time()
         logger.info("stage: world models, seed %d (built once, cached under %s)", seed, model_root)
         get_world_models(root=model_root, data_root=data_root, seed=seed,
                          which=("filter", "policy", "reward") if args.world else (),
                          splits=["dev"] if args.tune else splits)
         if args.tune:
-            return tune(out, limit or 200, views)
+            return tune(out, limit or 200, views, [x.strip() for x in args.tune_only.split(",") if x.strip()])
         seed_out = out if seed == 0 else out / f"seed{seed}"
         logger.info("stage: %d methods x %d splits, %s, seed %d", len(rows), len(splits),
                     f"{limit} samples per split" if limit else "every sample", seed)
@@ -285,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
                                     placeholder=not args.world)
         if rank != 0:
             continue
-        results["minutes"] = (time.time() - t0) / 60
+        results["minutes"] = (time.time() - t_seed) / 60   # this seed's models and table
         table = write_report(results, per_row, seed_out, data_root)
         per_seed[seed] = results
         print(f"\nRLCF on the embedded world, seed {seed}: top-1 % (95% bootstrap CI); OOD avg = mean of "

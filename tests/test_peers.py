@@ -50,6 +50,28 @@ def test_tda_online_state_changes_predictions_and_resets(views):
     assert first.shape == zs.shape
 
 
+def test_tda_stream_state_resumes_a_stream_exactly(views):
+    """``stream_state`` after k samples, loaded into a fresh method, gives the rest of the stream exactly as one
+    uninterrupted run (a resumable online stream without replaying it)."""
+    import copy
+
+    clip, _, tok = make_clip()
+    g = torch.Generator().manual_seed(7)
+    stream = [views] + [torch.randn(views.shape, generator=g) for _ in range(3)]
+    whole = rlcf.create_method("tda", EncoderPolicy(clip, CLASSNAMES, tok))
+    expected = [whole(x) for x in stream]
+    first = rlcf.create_method("tda", EncoderPolicy(clip, CLASSNAMES, tok))
+    for x in stream[:2]:
+        first(x)
+    state = copy.deepcopy(first.stream_state())
+    assert sum(len(v) for v in state["pos"].values()) >= 1
+    resumed = rlcf.create_method("tda", EncoderPolicy(clip, CLASSNAMES, tok))
+    resumed.load_stream_state(state)
+    assert all(torch.equal(resumed(x), e) for x, e in zip(stream[2:], expected[2:]))
+    fresh = rlcf.create_method("tda", EncoderPolicy(clip, CLASSNAMES, tok))
+    assert not torch.equal(fresh(stream[2]), expected[2])      # the carried caches matter
+
+
 def test_ctpt_dispersion_and_loss():
     t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     assert torch.allclose(text_dispersion(t), torch.tensor(1.0))

@@ -44,3 +44,8 @@ def test_main_job_check_catches_missing_cells_and_error_records(tmp_path):
     assert r.returncode == 1 and "RLCF: no value for v2" in r.stderr
     r = check(good, ['{"index": 0, "pred": 1}', '{"index": 1, "error": "boom"}'])
     assert r.returncode == 1 and "1 error records" in r.stderr
+
+
+def test_readme_has_no_unfilled_placeholder():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert not re.findall(r"__[A-Z][A-Z_]*__", text), "README.md has an unfilled __PLACEHOLDER__"

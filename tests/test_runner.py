@@ -115,8 +115,11 @@ def test_config_overrides_are_type_checked():
     with pytest.raises(FileNotFoundError):
         load_config(d, "nope.yaml")
     assert apply_overrides(d, ["a.name={} here"])["a"]["name"] == "{} here"     # not YAML: taken as text
-    with pytest.raises(ValueError, match="not valid YAML"):                     # a broken list says so
-        apply_overrides(d, ["a.amp=[1, 2}"])
+    for bad in ("a.amp=[1, 2}", "a.amp=[1, 2", "a=[1", "a={n: 3"):          # a broken list / mapping says so
+        with pytest.raises(ValueError, match="not valid YAML"):
+            apply_overrides(d, [bad])
+    with pytest.raises(TypeError, match="is a dict"):
+        apply_overrides(d, ["a=text"])
 
 
 def test_records_of_another_configuration_are_never_mixed_in(tmp_path):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from ..captioning.checkpoint import load_captioner
 from ..captioning.model import PrefixCaptioner
 from ..common.clip import build_clip, resolve_device
 from ..common.config import dump_config
-from ..common.data import MissingDataError, UserError, require_path
+from ..common.data import MissingDataError, require_path
 from .common import Recipe
 from .config import (
     DEFAULTS,
@@ -208,7 +207,7 @@ def pretrained_discriminator(s: Setup, cfg: dict) -> CLIPDiscriminator | None:
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI (see the module docstring); returns the summary. An expected error (missing data or weights:
     :class:`tasks.common.data.UserError`) is one line on stderr and exit code 2."""
-    from ..common.cli import setup_logging
+    from ..common.cli import expected_errors, setup_logging
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", choices=RECIPES, default=None, help="overrides the config's recipe")
@@ -218,13 +217,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--debug", action="store_true", help="full tracebacks for expected errors")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    try:
+    with expected_errors(args.debug):
         return _run(args)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def _run(args: argparse.Namespace) -> dict:

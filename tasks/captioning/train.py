@@ -24,14 +24,13 @@ import argparse
 import json
 import logging
 import math
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from tasks.common.data import UserError, require_path
+from tasks.common.data import require_path
 from tasks.common.progress import TrainProgress
 
 from .checkpoint import captioner_state, opt_hint, save_atomic
@@ -213,17 +212,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI entry point; returns ``{"out_dir", "steps", "final_loss"}``. An expected error (missing data or
     weights: :class:`tasks.common.data.UserError`) is one line on stderr and exit code 2."""
-    from tasks.common.cli import setup_logging
+    from tasks.common.cli import expected_errors, setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
-    try:
+    with expected_errors(args.debug):
         return _train(args)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def _train(args: argparse.Namespace) -> dict:

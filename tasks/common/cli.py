@@ -19,9 +19,10 @@ import argparse
 import logging
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .config import dump_config, load_config
 from .data import UserError
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None, *, description: str, defaults: dict, units:
     ap.add_argument("--debug", action="store_true", help="full tracebacks for expected errors")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    try:
+    with expected_errors(args.debug):
         from .runner import init_distributed
 
         if setup is not None:
@@ -119,8 +120,16 @@ def main(argv: Sequence[str] | None, *, description: str, defaults: dict, units:
         if results and finish is not None:
             finish(cfg, results)
         return results
+
+
+@contextmanager
+def expected_errors(debug: bool = False) -> Iterator[None]:
+    """``with expected_errors(args.debug): ...``: an expected error inside (:class:`UserError`: missing data or
+    weights, a bad key or value) becomes one line on stderr and exit code 2; ``debug`` re-raises it."""
+    try:
+        yield
     except UserError as e:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -134,12 +143,7 @@ def run_main(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] |
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
-    try:
+    with expected_errors(debug):
         out = entry(args)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     if isinstance(out, int) and not isinstance(out, bool):
         raise SystemExit(out)

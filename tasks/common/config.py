@@ -101,13 +101,6 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
         if "=" not in item:
             raise ConfigValueError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            if raw.lstrip()[:1] in "[{" and raw.rstrip()[-1:] in "]}":   # meant as a list / mapping: say so
-                raise ConfigValueError(f"override '{item}': the value is not valid YAML; quote it to pass a "
-                                       "string (key='\"...\"')") from None
-            value = raw   # text such as "{} here": a plain string
         node, parts = cfg, key.split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
@@ -116,6 +109,17 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
         last = parts[-1]
         if last not in node and not parts[-2:-1] == ["options"]:
             raise _unknown(key, sorted(node))
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            # a list / mapping key, or text that opens or closes like one, was meant as YAML: say so; other text
+            # that YAML cannot read (a template such as "{} here") is a plain string
+            if isinstance(node.get(last), (dict, list)) or raw.lstrip()[:1] in "[" or raw.rstrip()[-1:] in "]}":
+                raise ConfigValueError(f"override '{item}': the value is not valid YAML; quote it to pass a "
+                                       "string (key='\"...\"')") from None
+            value = raw
+        if isinstance(node.get(last), (dict, list)) and isinstance(value, str):
+            raise ConfigTypeError(f"config '{key}' is a {type(node[last]).__name__}, got the text {value!r}")
         node[last] = _check_type(key, node.get(last), value)
     return cfg
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import random
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
@@ -281,8 +282,11 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
             f.write(json.dumps(rec) + "\n")
             f.flush()
 
-        bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, disable=rank != 0, dynamic_ncols=True,
-                   leave=leave, mininterval=bar_interval(0.1))
+        # a transient bar (leave=False: one of many cells, each summarised by a log line) is drawn on a terminal
+        # only: in a log file it would leave a block of empty lines per cell
+        transient_in_log = not leave and not getattr(sys.stderr, "isatty", lambda: False)()
+        bar = tqdm(_iterate(task, shard, workers), total=len(shard), desc=desc, dynamic_ncols=True,
+                   disable=rank != 0 or transient_in_log, leave=leave, mininterval=bar_interval(0.1))
         if batch not in (None, 1):
             process_batched(task, bar, batch, write, device, lambda: round(_peak_memory_mb(device), 1))
         else:

@@ -184,42 +184,44 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
     # file's long interval) showed a stale step next to a fresh loss
     bar = tqdm(total=cfg.steps, desc=desc, disable=not progress or rank != 0, mininterval=bar_interval(2.0),
                dynamic_ncols=True, unit="step")
-    for step in range(cfg.steps):
-        if pos + cfg.batch_size > n:
-            perm, pos = torch.randperm(n, generator=g), 0
-        idx = perm[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
-        cap = torch.randint(1, k, (len(idx),), generator=g) if k > 1 else torch.zeros(len(idx), dtype=torch.long)
-        cap = torch.where(torch.rand(len(idx), generator=g) < cfg.first_caption_p, torch.zeros_like(cap), cap)
-        x = images[idx].float() / 255.0
-        if step >= cfg.augment_from and cfg.augment != "none":
-            xa = augment(x, g) if augment is not None else augment_batch(x, g, cfg.augment, flip=cfg.flip)
-            if cfg.augment_p < 1.0:   # the rest of the batch stays clean
-                xa = torch.where((torch.rand(len(idx), generator=g) < cfg.augment_p)[:, None, None, None], xa, x)
-            x = xa
-        x = normalize(x).contiguous(memory_format=torch.channels_last)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        img_f, txt_f, scale = model(x, tokens[idx, cap])[:3]
-        loss = (label_aware_clip_loss(img_f, txt_f, scale, labels[idx]) if cfg.label_aware
-                else loss_fn(img_f, txt_f, scale))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss.detach()))
-        if callback is not None:
-            stop = callback(step, losses[-1]) is True
-            model.train()   # the callback may have evaluated the model
-            if stop:
-                bar.update(1)
-                break
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", lr=f"{_lr_at(step, cfg):.1e}",
-                            refresh=False)   # drawn at the bar's own interval (a log file gets few lines)
-        bar.update(1)
-    bar.close()
+    try:
+        for step in range(cfg.steps):
+            if pos + cfg.batch_size > n:
+                perm, pos = torch.randperm(n, generator=g), 0
+            idx = perm[pos:pos + cfg.batch_size]
+            pos += cfg.batch_size
+            cap = torch.randint(1, k, (len(idx),), generator=g) if k > 1 else torch.zeros(len(idx), dtype=torch.long)
+            cap = torch.where(torch.rand(len(idx), generator=g) < cfg.first_caption_p, torch.zeros_like(cap), cap)
+            x = images[idx].float() / 255.0
+            if step >= cfg.augment_from and cfg.augment != "none":
+                xa = augment(x, g) if augment is not None else augment_batch(x, g, cfg.augment, flip=cfg.flip)
+                if cfg.augment_p < 1.0:   # the rest of the batch stays clean
+                    xa = torch.where((torch.rand(len(idx), generator=g) < cfg.augment_p)[:, None, None, None], xa, x)
+                x = xa
+            x = normalize(x).contiguous(memory_format=torch.channels_last)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            img_f, txt_f, scale = model(x, tokens[idx, cap])[:3]
+            loss = (label_aware_clip_loss(img_f, txt_f, scale, labels[idx]) if cfg.label_aware
+                    else loss_fn(img_f, txt_f, scale))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(float(loss.detach()))
+            if callback is not None:
+                stop = callback(step, losses[-1]) is True
+                model.train()   # the callback may have evaluated the model
+                if stop:
+                    bar.update(1)
+                    break
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", lr=f"{_lr_at(step, cfg):.1e}",
+                                refresh=False)   # drawn at the bar's own interval (a log file gets few lines)
+            bar.update(1)
+    finally:   # also when a callback raises (a plateau restart draws a fresh bar)
+        bar.close()
     model.eval()
     return losses
 
@@ -349,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """CLI (see the module docstring)."""
     import open_clip
 
-    from .cli import setup_logging
+    from .cli import expected_errors, setup_logging
     from .clip import _quiet_random_init, register_model_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -371,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    try:
+    with expected_errors(args.debug):
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           augment=args.augment, flip=not args.no_flip, label_aware=args.label_aware)
         name = register_model_config(args.config)
@@ -387,17 +389,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
         logger.info("training %s on %d images (%s), %d steps", name, len(data.images), args.data, cfg.steps)
         losses = train_clip(model, data.images, tokens, cfg, desc=f"training {name}", labels=data.labels)
         if args.short_init:
-            rescale_text_tower(model, 0.02)   # same function, CLIP's embedding scale (see the world's ModelSpec)
+            eps = [m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+            if max(eps, default=0.0) <= 1e-9:
+                rescale_text_tower(model, 0.02)   # same function, CLIP's embedding scale (see the world's ModelSpec)
+            else:
+                logger.warning("--short-init: token embeddings left at std ~1 (not rescaled to CLIP's 0.02: with "
+                               "LayerNorm eps %g the rescale would change the text features); set "
+                               "text_cfg.norm_kwargs.eps=1e-12 (and vision_cfg's) in %s for an exact rescale; prompt "
+                               "lrs then need ~50x (benchmarks/prompt_scale.py)", max(eps), args.config)
         pt = save_clip(model, args.config, args.out, name, {"data": args.data, "config": cfg.__dict__,
                                                              "final_loss": sum(losses[-10:]) / len(losses[-10:])})
         logger.info("saved %s; load it with load_clip(%r, %r, config_file=%r)", pt, name, str(pt),
                     str(Path(args.out) / f"{name}.json"))
         return pt
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=__import__("sys").stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

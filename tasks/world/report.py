@@ -251,7 +251,8 @@ def example_grid(images: dict[str, list], zero: dict[str, Records], best: dict[s
         pairs = [(i, a, b) for i, (a, b) in enumerate(zip(zero[s], best[s])) if "error" not in a and "error" not in b]
         kinds = [[i for i, a, b in pairs if a["pred"] != a["label"] and b["pred"] == b["label"]],    # fixed
                  [i for i, a, b in pairs if a["pred"] == a["label"] and b["pred"] != b["label"]],    # broken
-                 [i for i, a, b in pairs if a["pred"] != b["pred"] and b["pred"] != b["label"]]]     # wrong -> wrong
+                 [i for i, a, b in pairs if a["pred"] != a["label"] and a["pred"] != b["pred"]
+                  and b["pred"] != b["label"]]]                                                 # wrong -> wrong
         changed = list(dict.fromkeys(i for group in itertools.zip_longest(*kinds) for i in group if i is not None))
         changed = changed[:per_split]
         for c in range(per_split):
