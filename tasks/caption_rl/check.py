@@ -9,7 +9,6 @@ path; the exit code is 1 when there is any.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from tasks.captioning.check import data_problems
@@ -27,19 +26,15 @@ def problems(cfg: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tasks.common.cli import report_problems
+
     from .config import load_rl_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    try:
-        found = problems(load_rl_config(args.config, args.overrides))
-    except Exception as e:  # noqa: BLE001 - a bad config key or value
-        found = [str(e)]
-    for p in found:
-        print(f"ERROR: {p}", file=sys.stderr)
-    return 1 if found else 0
+    return report_problems(lambda: problems(load_rl_config(args.config, args.overrides)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ checks those NoCaps domains (default: ``data.domain``). The scripts call it afte
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -76,6 +75,7 @@ def problems(cfg: dict, data_only: bool = False, domains: Sequence[str | None] =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..common.cli import report_problems
     from ..common.config import load_config
     from .task import DEFAULTS
 
@@ -86,13 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "data.domain)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    try:
-        found = problems(load_config(DEFAULTS, args.config, args.overrides), args.data_only, args.domain)
-    except Exception as e:  # noqa: BLE001 - a bad config key or value
-        found = [str(e)]
-    for p in found:
-        print(f"ERROR: {p}", file=sys.stderr)
-    return 1 if found else 0
+    return report_problems(lambda: problems(load_config(DEFAULTS, args.config, args.overrides), args.data_only,
+                                            args.domain))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ ones are opened as the run will open them (:func:`tasks.common.data.probe_sample
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..common.clip import checkpoint_problems
@@ -42,14 +41,13 @@ def problems(cfg: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..common.cli import report_problems
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    found = problems(load_config(DEFAULTS, args.config, args.overrides))
-    for p in found:
-        print(f"ERROR: {p}", file=sys.stderr)
-    return 1 if found else 0
+    return report_problems(lambda: problems(load_config(DEFAULTS, args.config, args.overrides)))
 
 
 if __name__ == "__main__":

@@ -122,6 +122,18 @@ def main(argv: Sequence[str] | None, *, description: str, defaults: dict, units:
         return results
 
 
+def report_problems(find: Callable[[], list[str]]) -> int:
+    """A pre-flight check's exit code: each problem ``find()`` returns as an ``ERROR:`` line on stderr, 1 if there
+    is one, else 0; a bad config key or value while looking is a problem too."""
+    try:
+        found = find()
+    except Exception as e:  # noqa: BLE001 - a bad config key or value
+        found = [str(e)]
+    for p in found:
+        print(f"ERROR: {p}", file=sys.stderr)
+    return 1 if found else 0
+
+
 @contextmanager
 def expected_errors(debug: bool = False) -> Iterator[None]:
     """``with expected_errors(args.debug): ...``: an expected error inside (:class:`UserError`: missing data or
