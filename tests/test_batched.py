@@ -73,6 +73,16 @@ def make(name, kind):
     return rlcf.create_method(name, policy, reward if cls.needs_reward else None, **kw)
 
 
+def alone_and_together(method, xs):
+    """``(predictions one at a time, their last_info, predictions of the batch)``, under no_grad."""
+    with torch.no_grad():
+        alone, infos = [], []
+        for x in xs:
+            alone.append(method(x))
+            infos.append(method.last_info)
+        return alone, infos, method.forward_batch(xs)
+
+
 @pytest.mark.parametrize("b", [1, 3, 8])
 @pytest.mark.parametrize("name,kind", _pairs())
 def test_batch_equals_one_at_a_time(name, kind, b):
@@ -81,12 +91,7 @@ def test_batch_equals_one_at_a_time(name, kind, b):
     xs = samples(kind, b)
     state0 = {k: v.clone() for k, v in policy.state_dict().items()}
     opt0 = copy.deepcopy(method.optimizer.state_dict())
-    with torch.no_grad():
-        alone, infos = [], []
-        for x in xs:
-            alone.append(method(x))
-            infos.append(method.last_info)
-        together = method.forward_batch(xs)
+    alone, infos, together = alone_and_together(method, xs)
     assert len(together) == b and len(method.last_infos) == b
     for a, t, ia, it in zip(alone, together, infos, method.last_infos):
         assert torch.allclose(a, t, atol=1e-5, rtol=0), (a - t).abs().max()
@@ -180,12 +185,7 @@ def test_bf16_batch_is_one_at_a_time_up_to_bf16_rounding(kind):
     method = make("rlcf", kind)
     method.config.amp = "bf16"
     xs = samples(kind, 3)
-    with torch.no_grad():
-        alone, infos = [], []
-        for x in xs:
-            alone.append(method(x))
-            infos.append(method.last_info)
-        together = method.forward_batch(xs)
+    alone, infos, together = alone_and_together(method, xs)
     assert all(i["precision"] == "bf16" for i in infos + method.last_infos), infos[0]
     same = 0
     for a, t, ia, it in zip(alone, together, infos, method.last_infos):

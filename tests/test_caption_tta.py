@@ -120,12 +120,12 @@ def test_caption_task_records_and_summary(tmp_path, policy, reward_clip, tiny_cl
     assert (tmp_path / "summary.md").is_file()
 
 
-def test_tta_cli_end_to_end_on_files(tmp_path):
-    """``python -m tasks.captioning.run`` on a fabricated LAVIS file, tiny CLIPs and a tiny checkpoint."""
+def _tiny_cli_run(tmp_path: Path) -> list[str]:
+    """A fabricated LAVIS file of 2 images, a tiny captioner checkpoint and tiny CLIPs: the CLI overrides of a
+    tiny caption TTA run on them (add ``run.out_dir``)."""
     from PIL import Image
 
     from tasks.captioning.checkpoint import captioner_state, save_atomic
-    from tasks.captioning.run import main
 
     fixtures = Path(__file__).parent / "fixtures"
     (tmp_path / "images").mkdir()
@@ -136,16 +136,22 @@ def test_tta_cli_end_to_end_on_files(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps(ann))
     cap = tiny_captioner(CAPTIONS, prefix_dim=32, hidden=32, heads=2, seed=0, max_new_tokens=6)
     save_atomic({"model": captioner_state(cap)}, tmp_path / "ckpt.pt")
-
-    def clip(name):
+    clips = []
+    for name in ("model", "reward", "eval"):
         arch = "RLCF-Tiny-Reward" if name == "reward" else "RLCF-Tiny-Test"
-        return [f"{name}.arch={arch}", f"{name}.pretrained=null", f"{name}.config_file={fixtures / (arch + '.json')}"]
+        clips += [f"{name}.arch={arch}", f"{name}.pretrained=null", f"{name}.config_file={fixtures / (arch + '.json')}"]
+    return [f"captioner.checkpoint={tmp_path / 'ckpt.pt'}", f"data.annotations={tmp_path / 'test.json'}",
+            f"data.images_root={tmp_path / 'images'}", "adapt.k=3", "adapt.steps=1", "captioner.max_new_tokens=6",
+            "eval.meteor=false", "run.workers=0", "run.device=cpu", *clips]
+
+
+def test_tta_cli_end_to_end_on_files(tmp_path):
+    """``python -m tasks.captioning.run`` on a fabricated LAVIS file, tiny CLIPs and a tiny checkpoint."""
+
+    from tasks.captioning.run import main
 
     out = tmp_path / "out"
-    args = [f"captioner.checkpoint={tmp_path / 'ckpt.pt'}", f"data.annotations={tmp_path / 'test.json'}",
-            f"data.images_root={tmp_path / 'images'}", "adapt.k=3", "adapt.steps=1", "captioner.max_new_tokens=6",
-            "eval.tokenizer=simple", "eval.meteor=false", f"run.out_dir={out}", "run.workers=0", "run.device=cpu",
-            *clip("model"), *clip("reward"), *clip("eval")]
+    args = [*_tiny_cli_run(tmp_path), "eval.tokenizer=simple", f"run.out_dir={out}"]
     summary = main(["--config", str(Path(__file__).parents[1] / "configs/captioning/clipcap-c2f.yaml"), *args])
     assert summary["n"] == 2 and summary["errors"] == 0
     assert {"CIDEr", "CLIPScore", "RefCLIPScore", "zeroshot/CIDEr"} <= set(summary["metrics"])
@@ -163,27 +169,10 @@ def test_tta_console_has_no_third_party_info_and_says_each_thing_once(tmp_path, 
     import shutil
     from collections import Counter
 
-    from PIL import Image
 
-    from tasks.captioning.checkpoint import captioner_state, save_atomic
     from tasks.captioning.run import main
 
-    fixtures = Path(__file__).parent / "fixtures"
-    (tmp_path / "images").mkdir()
-    ann = []
-    for i in range(2):
-        Image.new("RGB", (40, 30), (60 * i, 100, 200)).save(tmp_path / "images" / f"{i}.jpg")
-        ann.append({"image": f"{i}.jpg", "caption": [CAPTIONS[i], CAPTIONS[i + 1]]})
-    (tmp_path / "test.json").write_text(json.dumps(ann))
-    cap = tiny_captioner(CAPTIONS, prefix_dim=32, hidden=32, heads=2, seed=0, max_new_tokens=6)
-    save_atomic({"model": captioner_state(cap)}, tmp_path / "ckpt.pt")
-    clips = []
-    for name in ("model", "reward", "eval"):
-        arch = "RLCF-Tiny-Reward" if name == "reward" else "RLCF-Tiny-Test"
-        clips += [f"{name}.arch={arch}", f"{name}.pretrained=null", f"{name}.config_file={fixtures / (arch + '.json')}"]
-    args = [f"captioner.checkpoint={tmp_path / 'ckpt.pt'}", f"data.annotations={tmp_path / 'test.json'}",
-            f"data.images_root={tmp_path / 'images'}", "adapt.k=3", "adapt.steps=1", "captioner.max_new_tokens=6",
-            "eval.meteor=false", f"run.out_dir={tmp_path / 'out'}", "run.workers=0", "run.device=cpu", *clips]
+    args = [*_tiny_cli_run(tmp_path), f"run.out_dir={tmp_path / 'out'}"]
     caplog.set_level(logging.DEBUG)
     with pytest.warns() as warned:
         import warnings
