@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--all-methods", action="store_true", help="also the peer methods (C-TPT, ZERO, TDA, KD, ensemble)")
     ap.add_argument("--limit", type=int, default=None, help="samples per split, a seeded random subset (default: "
                     "every sample; --quick: 60)")
-    ap.add_argument("--out", default="output/demo")
+    ap.add_argument("--out", default=None, help="results folder (default: output/demo; with --quick output/demo-quick, "
+                    "so that a quick look never discards the records of the full run)")
     ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev split only (seed-0 models)")
     ap.add_argument("--tune-only", default="", help="with --tune: comma-separated configs, e.g. rlcf-tune,tpt-prompt")
     ap.add_argument("--threads", type=int, default=1,
@@ -272,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.quick, seeds = True, [0]
     limit = (args.limit if args.limit is not None else (60 if args.quick else 0)) or None
     views = 16 if args.quick else None
-    out = Path(args.out) / ("placeholder" if not args.world else "")
+    out = Path(args.out or ("output/demo-quick" if args.quick and args.world else "output/demo"))
+    out = out / ("placeholder" if not args.world else "")
     rows = ROWS + (PEER_ROWS if args.all_methods else [])
     # the placeholder has no trained filter model, hence no `adversarial` split
     splits, ood = (SPLITS, OOD) if args.world else (SPLITS[:-1], OOD[:-1])
