@@ -30,6 +30,13 @@ from tasks.captioning.checkpoint import build_word_tokenizer, tiny_captioner  # 
 from tasks.captioning.model import CaptionerConfig, PrefixCaptioner  # noqa: E402
 from tasks.captioning.policy import CaptionPolicy  # noqa: E402
 from tasks.common.clip import load_clip  # noqa: E402
+from phases import profile_phases  # noqa: E402
+
+#: one caption-TTA episode: per step the candidates (beam search), their log-probs, the reward, backward,
+#: optimizer; then the final caption (predict). The first three nest in the losses.
+PHASES = ("rlcf/losses (per sample)", "rlcf/policy (generate candidates)", "rlcf/policy (caption log-probs)",
+          "rlcf/reward", "rlcf/backward", "rlcf/optimizer", "rlcf/predict")
+TOP_LEVEL = ("rlcf/losses (per sample)", "rlcf/backward", "rlcf/optimizer", "rlcf/predict")
 
 FIX = ROOT / "tests" / "fixtures"
 
@@ -55,6 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--images", type=int, default=3, help="timed images (after 1 warm-up)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", action="store_true",
+                    help="after the table: where one image's episode spends its time (beam search, log-probs, "
+                         "reward, backward, optimizer, final caption)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -95,6 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|---|---|---|---|---|")
     print(f"| {'ClipCap + OPT-125m' if args.preset == 'paper' else 'tiny'} | {name} | {row['precision']} | {args.k} | "
           f"{args.steps} | {row['s_per_image']:.3f} | {peak:.0f} |")
+    if args.profile:
+        x = torch.randn(1, 3, res, res, device=device)
+        row["phases"] = profile_phases(lambda: method(x), PHASES, device, f"caption TTA, {args.preset}, K={args.k}, "
+                                       f"{args.steps} steps", top_level=TOP_LEVEL)
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=1))
     return row

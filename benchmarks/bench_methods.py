@@ -29,6 +29,7 @@ import rlcf  # noqa: E402
 from tasks.methods import register_all  # noqa: E402
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts  # noqa: E402
 from tasks.common.clip import load_clip  # noqa: E402
+from phases import profile_phases  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures"
 PRESETS = {
@@ -82,34 +83,10 @@ def time_method(method: rlcf.Method, x: torch.Tensor, samples: int, device: torc
     return times
 
 
-PHASES = ("rlcf/policy (image tower)", "rlcf/policy (text tower)", "rlcf/reward", "rlcf/losses (per sample)",
-          "rlcf/backward", "rlcf/optimizer")
-
-
-def profile_phases(method: rlcf.Method, x: torch.Tensor, device: torch.device, label: str) -> dict[str, float]:
-    """Wall time of one batched call split by the engine's phases (``record_function`` labels in
-    ``rlcf/batched.py``); the rest is Python and glue. Phases nest (the reward runs inside the losses)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.no_grad():
-        method(x)   # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        with profile(activities=acts) as prof:
-            method(x)
-            sync(device)
-        total = time.perf_counter() - t0
-    out = {p: 0.0 for p in PHASES}
-    for ev in prof.key_averages():
-        if ev.key in out:
-            t = ev.device_time_total if device.type == "cuda" and ev.device_time_total else ev.cpu_time_total
-            out[ev.key] = t / 1e6
-    print(f"\nprofile of one batched call ({label}): {total:.3f} s wall (profiler on)")
-    print("| phase | s | share |\n|---|---|---|")
-    for p, t in out.items():
-        print(f"| {p[5:]} | {t:.3f} | {100 * t / total:.0f}% |")
-    return out
+PHASES = ("rlcf/losses (per sample)", "rlcf/policy (image tower)", "rlcf/policy (text tower)", "rlcf/reward",
+          "rlcf/backward", "rlcf/optimizer", "rlcf/predict")
+#: the phases that nest in no other: the towers and the reward run inside the losses (and the towers in predict)
+TOP_LEVEL = ("rlcf/losses (per sample)", "rlcf/backward", "rlcf/optimizer", "rlcf/predict")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -187,8 +164,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"| {mname} | {kind} | {views_n} | {row['steps']} | {n_cls} | {b} | {row['s_per_sample']:.4f} | "
                       f"{sps:.1f} | {ratio} | {row['peak_mb']:.0f} |", flush=True)
             if args.profile and max(batches) > 1 and not method.online:
-                profile_phases(method, torch.randn(max(batches), views_n, 3, res, res, device=device), device,
-                               f"{mname} {kind}, {n_cls} classes, B={max(batches)}")
+                xb = torch.randn(max(batches), views_n, 3, res, res, device=device)
+                profile_phases(lambda m=method, xb=xb: m(xb), PHASES, device, f"{mname} {kind}, {n_cls} classes, B={max(batches)}",
+                               top_level=TOP_LEVEL)
             del method, policy
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

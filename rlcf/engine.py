@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from .episodic import MomentumReset, restore, snapshot, train_only, trainable_named_parameters
 from .policy import Episode, Sample, Sampling
@@ -191,15 +192,18 @@ class Method(nn.Module):
         self.scaler = None
         self.last_info: dict[str, Any] = {}
         self.last_infos: list[dict[str, Any]] = []
+        self._batch_workspace = None   # rlcf.batched: the stacked parameters and optimizer, kept across calls
 
     # ----------------------------------------------------------------- set-up
-    def _build_optimizer(self, params: list[Tensor] | None = None) -> torch.optim.Optimizer:
+    def _build_optimizer(self, params: list[Tensor] | None = None, fused: bool = False) -> torch.optim.Optimizer:
+        """The configured optimizer over ``params`` (default: the trainable parameters); ``fused``: torch's
+        fused Adam/AdamW kernel (the batched workspace, :mod:`rlcf.batched`)."""
         c = self.config
         params = self.params if params is None else params
         if c.optimizer == "sgd":
             return torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay)
         cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=c.lr, weight_decay=c.weight_decay, eps=c.eps)
+        return cls(params, lr=c.lr, weight_decay=c.weight_decay, eps=c.eps, **({"fused": True} if fused else {}))
 
     @property
     def device(self) -> torch.device:
@@ -306,7 +310,7 @@ class Method(nn.Module):
                 self.begin(ep)
                 ok = self._adapt(ep, info)
         self.policy.eval()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(), record_function("rlcf/predict"):
             pred = self.predict(ep)
         if not ok or (isinstance(pred, Tensor) and not torch.isfinite(pred).all()):
             info["flags"].append(Flags.NAN_FALLBACK)
@@ -344,7 +348,7 @@ class Method(nn.Module):
         opt, scaler = self.optimizer, self._get_scaler()
         self.policy.train(self.config.train_mode)
         for step in range(self.config.steps):
-            with self._autocast():
+            with self._autocast(), record_function("rlcf/losses (per sample)"):
                 loss = self.loss(ep, step)
             lv = float(loss.detach())
             info["losses"].append(lv)
@@ -352,13 +356,17 @@ class Method(nn.Module):
                 return False
             opt.zero_grad(set_to_none=True)
             if scaler is not None:   # fp16: inf/NaN gradients skip the step and lower the scale
-                scaler.scale(loss).backward()
+                with record_function("rlcf/backward"):
+                    scaler.scale(loss).backward()
                 scale = scaler.get_scale()
-                scaler.step(opt)
-                scaler.update()
+                with record_function("rlcf/optimizer"):
+                    scaler.step(opt)
+                    scaler.update()
                 if scaler.get_scale() < scale:
                     info["skipped_steps"] = info.get("skipped_steps", 0) + 1
             else:
-                loss.backward()
-                opt.step()
+                with record_function("rlcf/backward"):
+                    loss.backward()
+                with record_function("rlcf/optimizer"):
+                    opt.step()
         return True

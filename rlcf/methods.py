@@ -18,6 +18,7 @@ import fnmatch
 from typing import Any, Callable, TypeVar
 
 from torch import Tensor
+from torch.profiler import record_function
 
 from .baselines import compute_advantages
 from .engine import AdaptConfig, Method
@@ -114,7 +115,8 @@ class RLCF(Method):
     def loss(self, ep: Episode, step: int) -> Tensor:
         c = self.config
         ro = self.policy.rollout(ep, self.sampling)
-        rewards = self.reward(ro.query, ro.candidates)
+        with record_function("rlcf/reward"):
+            rewards = self.reward(ro.query, ro.candidates)
         ep.log("mean_reward", float(rewards.mean()))
         if not isinstance(ro.candidates, Tensor):   # generated texts: keep them for the records
             ep.log("candidates", ro.candidates)

@@ -110,6 +110,22 @@ class Episode:
         return self._reward_query
 
 
+class vmap_friendly:
+    """Attention through vmap-able ops: no MultiheadAttention fast path, the math SDPA kernel."""
+
+    def __enter__(self) -> None:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        self._fast = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        self._sdpa = sdpa_kernel(SDPBackend.MATH)
+        self._sdpa.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._sdpa.__exit__(*exc)
+        torch.backends.mha.set_fastpath_enabled(self._fast)
+
+
 @runtime_checkable
 class Policy(Protocol):
     """What every policy implements (see the module docstring)."""
@@ -141,6 +157,28 @@ class DiscretePolicy(nn.Module):
     def forward(self, x: Any = None, *, query: Tensor | None = None) -> Tensor:
         """``logits(encode_query(x))``, or ``logits(query)`` for precomputed query features."""
         return self.logits(self.encode_query(x) if query is None else query)
+
+    def forward_stacked(self, params: dict[str, Tensor], x: Tensor | None = None, *,
+                        query: Tensor | None = None) -> Tensor:
+        """B samples' forwards at once, each with its own trainable parameters (batched episodes).
+
+        Args:
+            params: every trainable parameter's name -> its B stacked copies ``[B, ...]``.
+            x: ``[B, S, ...]`` inputs (trainable query side), or ``query``: ``[B, S, D]`` query features.
+        Returns:
+            ``[B, S, C]`` logits; row ``b`` equals ``forward`` with ``params[.][b]`` (up to float rounding).
+
+        The default is :func:`torch.func.functional_call` under :func:`torch.func.vmap`; a policy with a
+        cheaper batched form of the same computation overrides it (prompt tuning: one text pass).
+        """
+        from torch.func import functional_call, vmap
+
+        def one(p: dict[str, Tensor], xb: Tensor | None, qb: Tensor | None) -> Tensor:
+            return functional_call(self, p, (xb,), {"query": qb})
+
+        in_dims = (0, 0 if x is not None else None, 0 if query is not None else None)
+        with vmap_friendly():
+            return vmap(one, in_dims=in_dims)(params, x, query)
 
     def as_tensor(self, inputs: Tensor | list[str]) -> Tensor:
         """The episode's inputs as one tensor (stacked across a batch); text policies tokenise here."""

@@ -144,6 +144,38 @@ def test_a_nan_sample_falls_back_alone():
     assert method.last_infos[bad]["flags"] == [rlcf.Flags.NAN_FALLBACK] and torch.equal(out[bad], zs)
     for b in (0, 1, 3):
         assert method.last_infos[b]["flags"] == [] and torch.allclose(out[b], alone[b], atol=1e-5, rtol=0)
+    method.reward = method.reward.inner   # the kept workspace starts the next batch clean (no NaN state)
+    with torch.no_grad():
+        again = method.forward_batch(xs)
+    for b in range(4):
+        assert method.last_infos[b]["flags"] == [] and torch.allclose(again[b], alone[b], atol=1e-5, rtol=0)
+
+
+def test_the_workspace_is_kept_per_batch_size_and_reset_in_place():
+    """Consecutive batches reuse the stacked parameters and optimizer (reset to a fresh start each call):
+    the second batch equals one at a time; another B rebuilds it; a failing batch drops it."""
+    method = make("rlcf", "encoder")
+    first, second = samples("encoder", 3, seed=3), samples("encoder", 3, seed=4)
+    with torch.no_grad():
+        alone = [method(x) for x in second]
+        method.forward_batch(first)
+        ws = method._batch_workspace
+        out = method.forward_batch(second)
+    assert method._batch_workspace is ws and all(p.grad is not None for p in ws.stacked.values())
+    for a, t in zip(alone, out):
+        assert torch.allclose(a, t, atol=1e-5, rtol=0) and int(a.argmax()) == int(t.argmax())
+    with torch.no_grad():
+        two = method.forward_batch(second[:2])
+    assert method._batch_workspace is not ws and next(iter(method._batch_workspace.stacked.values())).shape[0] == 2
+    assert all(torch.allclose(a, t, atol=1e-5, rtol=0) for a, t in zip(alone, two))
+
+    def oom(q, c):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    method.reward = oom
+    with pytest.raises(RuntimeError, match="out of memory"), torch.no_grad():
+        method.forward_batch(second)
+    assert method._batch_workspace is None   # the runner's retry at a smaller B does not hold two workspaces
 
 
 def test_online_methods_and_train_mode_batchnorm_refuse():
@@ -194,3 +226,49 @@ def test_bf16_batch_is_one_at_a_time_up_to_bf16_rounding(kind):
         same += 1
         assert torch.allclose(a.float(), t.float(), atol=0.02 * float(a.abs().max()), rtol=0), (a - t).abs().max()
     assert same >= 1
+
+
+def test_fp16_batch_shares_one_grad_scaler():
+    """fp16 autocast with the run's GradScaler, on CPU: without overflow a batch equals one at a time up to
+    fp16 rounding; when one sample's gradients overflow, the one scaler skips that step for every sample of the
+    batch (README "Batched episodes"), while one at a time only that sample's step is skipped."""
+    method = make("rlcf", "encoder")
+    method.config.amp = "fp16"
+    xs = samples("encoder", 3)
+    alone, infos, together = alone_and_together(method, xs)
+    assert all(i["precision"] == "fp16" and "skipped_steps" not in i for i in infos + method.last_infos)
+    for a, t, ia, it in zip(alone, together, infos, method.last_infos):
+        assert ia["selected"] == it["selected"]
+        assert torch.allclose(a, t, atol=0.02 * float(a.abs().max()), rtol=0), (a - t).abs().max()
+
+    class Huge:
+        """The real reward, times 1e30 for one sample: finite in fp32, its gradients overflow fp16."""
+
+        def __init__(self, inner, target):
+            self.inner, self.target, self.ptr = inner, target, None
+
+        def __call__(self, q, c):
+            r = self.inner(q, c)
+            hit = q.data_ptr() == self.ptr if self.ptr is not None else torch.equal(q, self.target)
+            return r * 1e30 if hit else r
+
+        def prefetch(self, queries):
+            self.ptr = queries[1].data_ptr()
+            self.inner.prefetch(queries)
+
+    real = method.reward
+    with torch.no_grad():
+        method(xs[1])                     # the selected views of sample 1, as the reward sees them
+        target = xs[1][torch.tensor(method.last_info["selected"])]
+        method.reward = Huge(real, target)
+        seq = []
+        for x in xs:
+            method.scaler = None          # a fresh scaler per sample: each sample's own skips
+            method(x)
+            seq.append(method.last_info.get("skipped_steps", 0))
+        method.reward, method.scaler = Huge(real, None), None
+        method.forward_batch(xs)
+    assert seq[1] >= 1 and seq[0] == seq[2] == 0
+    batch_skips = [i.get("skipped_steps", 0) for i in method.last_infos]
+    assert batch_skips[0] == batch_skips[1] == batch_skips[2] >= 1
+    assert all(i["flags"] == [] for i in method.last_infos)   # finite losses: no fallback, steps skipped

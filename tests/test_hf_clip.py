@@ -22,7 +22,7 @@ from PIL import Image
 import rlcf
 from conftest import CLASSNAMES, FIXTURES, SIGLIP_CONTEXT, make_clip, save_tiny_hf
 from conftest import tiny_hf_config as _tiny_config
-from rlcf.batched import _vmap_friendly
+from rlcf.policy import vmap_friendly
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
 from tasks.common.data import MissingDataError, UserError
 from tasks.common.hf_clip import HFCLIP, HFTokenizer, hf_clip_tokenizer_from_open_clip, load_hf_clip, open_clip_to_hf
@@ -190,7 +190,7 @@ def test_vmapped_functional_call_of_the_image_tower(folders, kind):
     def one(p, xb):
         return functional_call(model, p, (xb,))[0]          # forward(image): normalised image features
 
-    with torch.no_grad(), _vmap_friendly():
+    with torch.no_grad(), vmap_friendly():
         together = vmap(one)(stacked, x)
         alone = [functional_call(model, {n: s[b] for n, s in stacked.items()}, (x[b],))[0] for b in range(3)]
     assert together.shape == (3, 2, 32)

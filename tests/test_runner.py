@@ -122,6 +122,20 @@ def test_config_overrides_are_type_checked():
         apply_overrides(d, ["a=text"])
 
 
+def test_the_old_adapt_extra_key_says_where_it_moved(tmp_path):
+    """``adapt.extra`` (before per-method options were typed) fails with the new key, from an override or a file."""
+    from tasks.classification.task import DEFAULTS
+    from tasks.common.config import ConfigKeyError
+
+    with pytest.raises(ConfigKeyError, match=r"'adapt.extra.ctpt_lambda' \(in the overrides\) has moved: .*adapt.options"):
+        load_config(DEFAULTS, None, ["adapt.extra.ctpt_lambda=50"])
+    old = tmp_path / "old.yaml"
+    old.write_text("method: ctpt\nadapt: {extra: {ctpt_lambda: 50}}\n")
+    with pytest.raises(ConfigKeyError, match=r"'adapt.extra' \(in .*old.yaml\) has moved: .*adapt.options.ctpt_lambda"):
+        load_config(DEFAULTS, old)
+    assert load_config(DEFAULTS, None, ["adapt.options.ctpt_lambda=50"])["adapt"]["options"] == {"ctpt_lambda": 50}
+
+
 def test_records_of_another_configuration_are_never_mixed_in(tmp_path):
     """Rerunning into the same out_dir with another lr: an error naming the key (CLI), or a fresh start."""
     data = make_dtd(tmp_path / "data")
@@ -265,3 +279,29 @@ def test_runner_starts_no_more_workers_than_cores(tmp_path, monkeypatch):
     assert started == [1] and summary["metrics"]["total"] == 30
     assert not [w for w in caught if "worker" in str(w.message)]
     assert run(_Squares(5), tmp_path / "z", workers=0)["metrics"] == summary["metrics"]
+
+
+def test_online_tda_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path):
+    """TDA carries caches across the stream: a resumed run replays the recorded samples (in the stream's
+    shuffled order) to rebuild them before going on, so its records equal an uninterrupted run's. Not vacuous:
+    TDA's confidences differ from zero-shot's, so the caches it carries change the records."""
+    data = make_dtd(tmp_path / "data", per_class=4)
+    from tasks.classification.run import main
+
+    tda = ["--config", str(ROOT / "configs" / "classification" / "tda.yaml")]   # official stream: shuffled, seed 1
+    full, part = tmp_path / "full", tmp_path / "part"
+    main(tda + cli_args(data, full, method="tda", extra=("policy=encoder",)))
+    main(tda + cli_args(data, part, method="tda", extra=("policy=encoder", "run.limit=7")))
+    with open(part / "DTD" / "records-0.jsonl", "a") as f:
+        f.write('{"index": 3, "pre')                     # killed in the middle of a write
+    main(tda + cli_args(data, part, method="tda", extra=("policy=encoder",)))
+    lines = (part / "DTD" / "records-0.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and len({json.loads(x)["index"] for x in lines}) == 12
+    r_full, r_part = read_records(full / "DTD"), read_records(part / "DTD")
+    assert preds(part / "DTD") == preds(full / "DTD")
+    assert all(r_full[i]["confidence"] == pytest.approx(r_part[i]["confidence"], abs=1e-6) for i in r_full)
+    zs = tmp_path / "zs"
+    main(cli_args(data, zs, method="zeroshot", extra=("policy=encoder", "encoder.ensemble=true", "data.templates=simple",
+                                                         "adapt.steps=0")))
+    r_zs = read_records(zs / "DTD")
+    assert any(r_zs[i]["confidence"] != pytest.approx(r_full[i]["confidence"], abs=1e-6) for i in r_full)

@@ -18,6 +18,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from rlcf.policy import Episode, Rollout, Sampling
 
@@ -110,8 +111,11 @@ class CaptionPolicy(nn.Module):
         """``sampling.k`` captions of the image (no grad) and their differentiable scores; the reward's query
         is the image itself."""
         q = self.query(ep)
-        texts = self.generate(q, sampling.k)
-        return Rollout(texts, self.sequence_logprob(q, texts), ep.inputs)
+        with record_function("rlcf/policy (generate candidates)"):
+            texts = self.generate(q, sampling.k)
+        with record_function("rlcf/policy (caption log-probs)"):
+            logp = self.sequence_logprob(q, texts)
+        return Rollout(texts, logp, ep.inputs)
 
     @torch.no_grad()
     def predict(self, ep: Episode) -> str:

@@ -148,12 +148,24 @@ class PromptPolicy(_ClipPolicy):
         with torch.no_grad():
             self.ctx.copy_(ctx)
 
-    def class_features(self) -> Tensor:
-        """Normalised class text features ``[C, D]`` (with grad through ``ctx``)."""
-        c = self.token_prefix.shape[0]
-        ctx = self.ctx.to(self.token_prefix.dtype).unsqueeze(0).expand(c, -1, -1)
-        emb = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
-        return F.normalize(self.tower.features_from_embeddings(emb, self.eot, self.text_chunk).float(), dim=-1)
+    def class_features(self, ctx: Tensor | None = None) -> Tensor:
+        """Normalised class text features ``[C, D]`` (with grad through ``ctx``); a stacked context
+        ``ctx [B, n_ctx, W]`` gives ``[B * C, D]`` (sample-major) from one text pass over the ``B x C`` prompts."""
+        ctx = self.ctx.unsqueeze(0) if ctx is None else ctx
+        b, c = ctx.shape[0], self.token_prefix.shape[0]
+        ctx = ctx.to(self.token_prefix.dtype).unsqueeze(1).expand(-1, c, -1, -1).flatten(0, 1)   # [B*C, n_ctx, W]
+        emb = torch.cat([self.token_prefix.repeat(b, 1, 1), ctx, self.token_suffix.repeat(b, 1, 1)], dim=1)
+        return F.normalize(self.tower.features_from_embeddings(emb, self.eot.repeat(b), self.text_chunk).float(), dim=-1)
+
+    def forward_stacked(self, params: dict[str, Tensor], x: Tensor | None = None, *,
+                        query: Tensor | None = None) -> Tensor:
+        """``[B, S, C]`` logits of B contexts ``params["ctx"] [B, n_ctx, W]`` for frozen query features
+        ``query [B, S, D]``: one text pass over the ``B x C`` prompts, no vmap (see the base class)."""
+        if x is not None or set(params) != {"ctx"}:
+            return super().forward_stacked(params, x, query=query)
+        b = params["ctx"].shape[0]
+        feats = self.class_features(params["ctx"]).view(b, -1, query.shape[-1])
+        return self.clip.logit_scale.exp().float() * query.float() @ feats.transpose(1, 2)   # as logits(): (s * q) @ f
 
 
 class EncoderPolicy(_ClipPolicy):

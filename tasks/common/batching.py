@@ -5,8 +5,8 @@ progress and a rerun resumes to the same records as an unbatched run); sharding 
 batching. ``run.batch=auto`` picks B from a trial: on CUDA, the first sample runs alone and its peak memory
 sets the largest B that fits in ``AUTO_MEMORY_FRACTION`` of the free GPU memory (at most ``AUTO_MAX``); on
 CPU, :data:`AUTO_CPU`, which is 1: measured with ``benchmarks/bench_methods.py --batch`` on 2 cores, batches pay
-only for tiny models (RLCF encoder, tiny preset: 2.35x at B=16) and cost at ViT-B/32 size (medium preset: encoder
-0.55x at B=4 with 17 GB peak RSS, prompt 1.04x, TPT 0.96x). An out-of-memory error halves B and
+only for tiny models (RLCF encoder, tiny preset: 2.32x at B=16) and are at par at ViT-B/32 size (medium preset,
+B=4: encoder 1.03x with 9.1 GB peak RSS, prompt 0.92x, TPT 1.02x; README). An out-of-memory error halves B and
 retries the same samples, losing none; any other failure of a batch retries its samples one by one, so
 an error stays with the sample that raised it.
 """
@@ -26,7 +26,7 @@ __all__ = ["process_batched", "process_one", "peak_memory_mb", "auto_batch", "AU
 
 AUTO_MEMORY_FRACTION = 0.8
 AUTO_MAX = 64
-AUTO_CPU = 1   # see the module docstring: on CPU a batch is slower at ViT size
+AUTO_CPU = 1   # see the module docstring: on CPU a batch gains nothing at ViT size
 
 
 def peak_memory_mb(device: torch.device | None) -> float:

@@ -124,6 +124,11 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
     return cfg
 
 
+#: keys of every task's older configs (and their sub-keys) -> where they went
+MOVED = {"adapt.extra": "per-method options are typed now: adapt.options (e.g. adapt.options.ctpt_lambda=50 for "
+                        "C-TPT; each method's Options dataclass lists its fields)"}
+
+
 def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
                 overrides: Sequence[str] = (), moved: Mapping[str, str] | None = None) -> dict:
     """``defaults`` <- YAML file (may say ``base: other.yaml``, relative to it) <- overrides.
@@ -132,12 +137,14 @@ def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
     older configs to where they went (a sentence): such a key fails with that sentence instead of the list of
     valid keys.
     """
+    moved = {**MOVED, **(moved or {})}
     try:
         return _load_config(defaults, path, overrides)
     except ConfigKeyError as e:
-        key = getattr(e, "key", None)
-        if moved and key in moved:
-            raise ConfigKeyError(f"config key '{key}' (in {path or 'the overrides'}) has moved: {moved[key]}") from None
+        key = getattr(e, "key", None) or ""
+        old = next((m for m in moved if key == m or key.startswith(m + ".")), None)
+        if old is not None:
+            raise ConfigKeyError(f"config key '{key}' (in {path or 'the overrides'}) has moved: {moved[old]}") from None
         raise
 
 
