@@ -9,9 +9,10 @@ each sample's prediction equals what it gets alone (fp32: within float tolerance
   ``torch.func.functional_call`` under ``torch.func.vmap`` over the stacked parameters (encoder tuning,
   retrieval); prompt tuning runs one ordinary text pass over ``B x C`` prompts built from the per-sample
   contexts ``[B, n_ctx, W]`` (no vmap: the frozen tower keeps its fused attention kernels);
-* the loss is the *sum* of the per-sample losses, so the ordinary optimizer over the stacked tensors is
-  B independent optimizers (AdamW's update is elementwise; its step count is shared and equal, since every
-  sample takes the same steps; weight decay is elementwise);
+* the loss is the *sum* of the per-sample losses, so one optimizer over the stacked tensors is B
+  independent optimizers (AdamW's update is elementwise; its step count is shared and equal, since every
+  sample takes the same steps; weight decay is elementwise); it is torch's fused Adam/AdamW kernel, and it,
+  the stacked tensors and their gradients are kept across calls and reset in place (:class:`_Workspace`);
 * a sample whose loss goes non-finite leaves the sum and falls back alone to its unadapted prediction;
 * the method's own ``loss`` runs per sample, unchanged: it asks the policy for the selected views' logits,
   which are slices of the batched computation (:class:`BatchContext`).
@@ -21,7 +22,8 @@ mode (its batch statistics would mix samples under the stacked forward). Methods
 the policy's logits (C-TPT's class features) and generative policies run their samples one after the other
 (same results, no speed-up). fp16: the run's single GradScaler sees the batch's summed loss, so an overflow
 in one sample skips that step for the whole batch (sequentially: for that sample only, and the lower scale
-then applies to the next samples); fp32 and bf16 results equal the sequential ones.
+then applies to the next samples). fp32 results equal the sequential ones within float tolerance, bf16
+ones only up to bf16 rounding (a near-tie in view confidence can then select another view).
 """
 from __future__ import annotations
 
