@@ -154,8 +154,10 @@ class PromptPolicy(_ClipPolicy):
         ctx = self.ctx.unsqueeze(0) if ctx is None else ctx
         b, c = ctx.shape[0], self.token_prefix.shape[0]
         ctx = ctx.to(self.token_prefix.dtype).unsqueeze(1).expand(-1, c, -1, -1).flatten(0, 1)   # [B*C, n_ctx, W]
-        emb = torch.cat([self.token_prefix.repeat(b, 1, 1), ctx, self.token_suffix.repeat(b, 1, 1)], dim=1)
-        return F.normalize(self.tower.features_from_embeddings(emb, self.eot.repeat(b), self.text_chunk).float(), dim=-1)
+        pre, suf, eot = ((self.token_prefix, self.token_suffix, self.eot) if b == 1 else
+                         (self.token_prefix.repeat(b, 1, 1), self.token_suffix.repeat(b, 1, 1), self.eot.repeat(b)))
+        emb = torch.cat([pre, ctx, suf], dim=1)
+        return F.normalize(self.tower.features_from_embeddings(emb, eot, self.text_chunk).float(), dim=-1)
 
     def forward_stacked(self, params: dict[str, Tensor], x: Tensor | None = None, *,
                         query: Tensor | None = None) -> Tensor:
