@@ -14,7 +14,7 @@ setup(
     packages=find_packages(include=["rlcf", "rlcf.*", "tasks", "tasks.*"]),
     package_data={"tasks": ["**/*.json", "**/*.yaml"]},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",   # fused AdamW on CPU (batched episodes), torch.nn.attention.sdpa_kernel
         "torchvision>=0.16",
         "open_clip_torch>=2.24",
         "transformers>=5.9",   # hf_clip: masking_utils create_bidirectional_mask (5.0) and inputs_embeds= (5.9)

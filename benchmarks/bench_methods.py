@@ -83,10 +83,10 @@ def time_method(method: rlcf.Method, x: torch.Tensor, samples: int, device: torc
     return times
 
 
-PHASES = ("rlcf/losses (per sample)", "rlcf/policy (image tower)", "rlcf/policy (text tower)", "rlcf/reward",
-          "rlcf/backward", "rlcf/optimizer", "rlcf/predict")
+PHASES = ("rlcf/workspace reset", "rlcf/losses (per sample)", "rlcf/policy (image tower)", "rlcf/policy (text tower)",
+          "rlcf/reward", "rlcf/backward", "rlcf/optimizer", "rlcf/predict")
 #: the phases that nest in no other: the towers and the reward run inside the losses (and the towers in predict)
-TOP_LEVEL = ("rlcf/losses (per sample)", "rlcf/backward", "rlcf/optimizer", "rlcf/predict")
+TOP_LEVEL = ("rlcf/workspace reset", "rlcf/losses (per sample)", "rlcf/backward", "rlcf/optimizer", "rlcf/predict")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{sps:.1f} | {ratio} | {row['peak_mb']:.0f} |", flush=True)
             if args.profile and max(batches) > 1 and not method.online:
                 xb = torch.randn(max(batches), views_n, 3, res, res, device=device)
-                profile_phases(lambda m=method, xb=xb: m(xb), PHASES, device, f"{mname} {kind}, {n_cls} classes, B={max(batches)}",
-                               top_level=TOP_LEVEL)
+                rows[-1]["phases"] = profile_phases(lambda m=method, xb=xb: m(xb), PHASES, device,
+                                                    f"{mname} {kind}, {n_cls} classes, B={max(batches)}",
+                                                    top_level=TOP_LEVEL)
             del method, policy
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -11,8 +11,9 @@ each sample's prediction equals what it gets alone (fp32: within float tolerance
   contexts ``[B, n_ctx, W]`` (no vmap: the frozen tower keeps its fused attention kernels);
 * the loss is the *sum* of the per-sample losses, so one optimizer over the stacked tensors is B
   independent optimizers (AdamW's update is elementwise; its step count is shared and equal, since every
-  sample takes the same steps; weight decay is elementwise); it is torch's fused Adam/AdamW kernel, and it,
-  the stacked tensors and their gradients are kept across calls and reset in place (:class:`_Workspace`);
+  sample takes the same steps; weight decay is elementwise); for Adam/AdamW over fp32 parameters it is
+  torch's fused kernel, and it, the stacked tensors and their gradients are kept across calls and reset in
+  place (:class:`_Workspace`);
 * a sample whose loss goes non-finite leaves the sum and falls back alone to its unadapted prediction;
 * the method's own ``loss`` runs per sample, unchanged: it asks the policy for the selected views' logits,
   which are slices of the batched computation (:class:`BatchContext`).
@@ -79,8 +80,8 @@ class BatchContext:
     # --------------------------------------------------------------------- functional calls
     def _call(self, x: Tensor | None = None, query: Tensor | None = None) -> Tensor:
         """``policy(x)`` (or ``policy(query=...)``) with the stacked parameters, for the whole batch."""
-        with record_function("rlcf/policy (image tower)" if x is not None and self.policy.query_trainable
-                             else "rlcf/policy (text tower)"):
+        images = x is not None and x.is_floating_point()   # t2i's trainable query is text (token ids)
+        with record_function("rlcf/policy (image tower)" if images else "rlcf/policy (text tower)"):
             return self.policy.forward_stacked(self.stacked, x, query=query)
 
     def new_step(self) -> None:
@@ -167,7 +168,8 @@ def adapt_batch(method: "Method", samples: Sequence[Any]) -> list[Any]:
     policy, c = method.policy, method.config
     eps = [method.make_episode(s) for s in samples]
     b_count = len(eps)
-    ws = _workspace(method, b_count)
+    with record_function("rlcf/workspace reset"):
+        ws = _workspace(method, b_count)
     stacked, opt = ws.stacked, ws.opt
     ctx = BatchContext(policy, eps, stacked, method.reward)
     scaler = method._get_scaler()
@@ -196,10 +198,11 @@ def adapt_batch(method: "Method", samples: Sequence[Any]) -> list[Any]:
                         total = loss if total is None else total + loss
                 if total is None:
                     break
-                opt.zero_grad(set_to_none=False)   # the workspace's gradient buffers: 0 + g is g exactly
+                opt.zero_grad(set_to_none=False)   # reuse the gradient buffers (0 + g is g exactly)
                 if scaler is not None:
                     with record_function("rlcf/backward"):
                         scaler.scale(total).backward()
+                    ws.drop_untouched()
                     scale = scaler.get_scale()
                     with record_function("rlcf/optimizer"):
                         scaler.step(opt)
@@ -211,6 +214,7 @@ def adapt_batch(method: "Method", samples: Sequence[Any]) -> list[Any]:
                 else:
                     with record_function("rlcf/backward"):
                         total.backward()
+                    ws.drop_untouched()
                     with record_function("rlcf/optimizer"):
                         opt.step()
         policy.eval()
@@ -255,6 +259,10 @@ class _Workspace:
     one-at-a-time before, see README). The optimizer is the fused kernel where torch has one (Adam/AdamW,
     fp32 parameters on CPU or CUDA): the same update with no temporaries, equal to the default
     implementation within float rounding (about one ulp per step), which the batch tolerance covers.
+
+    Gradient buffers are reused (``zero_grad(set_to_none=False)``); a parameter that the step's backward did
+    not reach (a hook records the ones it did) gets ``grad = None`` before the optimizer runs, so it is skipped
+    as on the sequential path instead of stepped with a zero gradient (which weight decay would move).
     """
 
     def __init__(self, method: "Method", b: int) -> None:
@@ -267,13 +275,26 @@ class _Workspace:
             p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
         self.opt = method._build_optimizer(params, fused=fused)
         self.fresh = True
+        touched: set[int] = set()   # the hooks hold the set, not the workspace: no cycle keeps it alive once dropped
+        self.touched = touched
+        for p in params:
+            p.register_post_accumulate_grad_hook(lambda t: touched.add(id(t)))
+
+    def drop_untouched(self) -> None:
+        """After a backward: ``grad = None`` for every stacked parameter the backward did not reach."""
+        for p in self.stacked.values():
+            if id(p) not in self.touched:
+                p.grad = None
+        self.touched.clear()
 
     @torch.no_grad()
     def reset(self, method: "Method") -> None:
+        """Back to what fresh tensors give: the method's reset-point parameters in every row, zero gradients,
+        a fresh optimizer state (Adam: its state tensors zeroed, step 0 included; others: cleared)."""
         if self.fresh:
             self.fresh = False
             return
-        for (n, dst), p in zip(self.stacked.items(), method.params):
+        for dst, p in zip(self.stacked.values(), method.params):
             dst.copy_(p.unsqueeze(0).expand_as(dst))
             if dst.grad is not None:
                 dst.grad.zero_()
@@ -286,7 +307,11 @@ class _Workspace:
             self.opt.state.clear()
 
 
-def _workspace_key(method: "Method", b: int) -> tuple:
+WorkspaceKey = tuple[int, tuple[tuple[str, tuple[int, ...], torch.dtype, torch.device], ...]]
+
+
+def _workspace_key(method: "Method", b: int) -> WorkspaceKey:
+    """What a workspace is built for: B and every trainable parameter's name, shape, dtype and device."""
     return (b, tuple((n, tuple(p.shape), p.dtype, p.device) for n, p in zip(method.param_names, method.params)))
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .losses import select_confident
 from .sampling import sample_candidates, topk_candidates
 
-__all__ = ["Sampling", "Rollout", "Episode", "Policy", "DiscretePolicy", "Sample"]
+__all__ = ["Sampling", "Rollout", "Episode", "Policy", "DiscretePolicy", "Sample", "vmap_friendly"]
 
 #: A sample: ``[V, ...]`` views (or one ``[3, H, W]`` image), or text queries (a string / list of strings).
 Sample = Tensor | str | Sequence[str]

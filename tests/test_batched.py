@@ -169,6 +169,23 @@ def test_the_workspace_is_kept_per_batch_size_and_reset_in_place():
     assert method._batch_workspace is not ws and next(iter(method._batch_workspace.stacked.values())).shape[0] == 2
     assert all(torch.allclose(a, t, atol=1e-5, rtol=0) for a, t in zip(alone, two))
 
+    # a parameter the step's backward does not reach is skipped by the optimizer (grad None), as sequentially,
+    # not stepped with its kept zero buffer (weight decay would move it)
+    ws = method._batch_workspace
+    names = list(ws.stacked)
+    first, rest = ws.stacked[names[0]], [ws.stacked[n] for n in names[1:]]
+    ws.opt.zero_grad(set_to_none=False)
+    sum(p.sum() for p in ws.stacked.values()).backward()     # every buffer exists now
+    ws.drop_untouched()
+    ws.opt.zero_grad(set_to_none=False)
+    before = [p.detach().clone() for p in rest]
+    (first ** 2).sum().backward()                             # reaches the first parameter only
+    ws.drop_untouched()
+    assert first.grad is not None and all(p.grad is None for p in rest)
+    ws.opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(rest, before))
+    assert torch.isfinite(first).all()
+
     def oom(q, c):
         raise RuntimeError("CUDA out of memory (simulated)")
 

@@ -57,7 +57,8 @@ def test_out_of_memory_halves_the_batch_and_loses_no_sample(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="tasks.common.batching"):
         summary = run(task, tmp_path / "oom", batch=8)
     assert values(tmp_path / "oom") == {i: i * i for i in range(11)}
-    assert summary["n"] == 11 and summary["errors"] == 0 and summary["metrics"]["total"] == sum(i * i for i in range(11))
+    assert summary["n"] == 11 and summary["errors"] == 0
+    assert summary["metrics"]["total"] == sum(i * i for i in range(11))
     assert task.calls[:3] == [8, 4, 2] and set(task.calls[3:]) <= {1, 2}   # halved twice, then kept
     assert sum(c for c in task.calls if c <= 2) == 11                     # every sample processed exactly once
     assert "out of memory with run.batch=8: retrying with 4" in caplog.text
@@ -117,7 +118,8 @@ def test_auto_batch_sizes_b_from_the_first_sample_on_cuda(tmp_path, monkeypatch,
                                  lambda rec: written.append(rec), torch.device("cuda"), lambda: 0.0)
     assert task.calls == [4, 4, 1]              # sample 0 alone (process), then 4 + 4 + the last one
     assert "run.batch=auto: 4 samples at once" in caplog.text
-    assert [r["index"] for r in written] == list(range(10)) and [r["value"] for r in written] == [i * i for i in range(10)]
+    assert [r["index"] for r in written] == list(range(10))
+    assert [r["value"] for r in written] == [i * i for i in range(10)]
 
 
 def test_batches_under_sharding_keep_the_records_of_one_unbatched_process(tmp_path, monkeypatch):

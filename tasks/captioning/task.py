@@ -135,7 +135,8 @@ class CaptionTask:
 
     def process_batch(self, indices: list[int], samples: list[torch.Tensor]) -> list[dict]:
         """``run.batch`` for captions runs the images one after the other: beam search, which cannot share a
-        batch without changing its numerics, is most of the time (see the README's batching section)."""
+        batch without changing its numerics, is half of an episode's time, so batching the gradient step could
+        give at most 1.6x (``benchmarks/bench_caption.py --profile``; the README's batching section)."""
         return [self.process(i, s) for i, s in zip(indices, samples)]
 
     def summarize(self, records: list[dict]) -> dict:

@@ -82,20 +82,22 @@ def process_batched(task: Any, stream: Iterable[tuple[int, Any, str | None]], ba
         while items:
             chunk, items = items[:size], items[size:]
             t0 = time.perf_counter()
+            oom = False
             try:
                 recs = task.process_batch([i for i, _ in chunk], [s for _, s in chunk])
             except Exception as e:  # noqa: BLE001 - OOM halves the batch; anything else: one by one
-                if _is_oom(e) and size > 1:
-                    size = max(1, size // 2)
-                    logger.warning("out of memory with run.batch=%d: retrying with %d", len(chunk), size)
-                    if device is not None and device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    items = chunk + items
+                if not (_is_oom(e) and size > 1):
+                    logger.warning("a batch of %d failed (%s: %s): processing its samples one by one", len(chunk),
+                                   type(e).__name__, e)
+                    for i, s in chunk:
+                        write(process_one(task, i, s, None, device))
                     continue
-                logger.warning("a batch of %d failed (%s: %s): processing its samples one by one", len(chunk),
-                               type(e).__name__, e)
-                for i, s in chunk:
-                    write(process_one(task, i, s, None, device))
+                size = max(1, size // 2)
+                logger.warning("out of memory with run.batch=%d: retrying with %d", len(chunk), size)
+                items, oom = chunk + items, True
+            if oom:   # out of the except block, whose traceback holds the failed batch's tensors
+                if device is not None and device.type == "cuda":
+                    torch.cuda.empty_cache()
                 continue
             dt = (time.perf_counter() - t0) / len(chunk)
             for (i, _), rec in zip(chunk, recs):
