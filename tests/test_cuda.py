@@ -65,3 +65,25 @@ def test_cuda_memory_returns_to_baseline_after_50_samples(name, kind, views):
     if not method.episodic:                   # online caches grow by design (TDA: at most capacity x classes)
         return
     assert torch.cuda.memory_allocated() <= base + 64 * 1024
+
+
+@pytest.mark.parametrize("kind", ["prompt", "encoder"])
+@pytest.mark.parametrize("amp", [None, "fp16"])
+def test_cuda_batches_in_a_row_equal_one_at_a_time(kind, amp, views):
+    """Batched episodes on CUDA (fused AdamW, the kept workspace, fp16 with the run's GradScaler): two batches in a
+    row, the second on the reused workspace, each equal one sample at a time (fp32 1e-4, fp16 to its rounding)."""
+    g = torch.Generator().manual_seed(1)
+    first = [torch.randn(views.shape, generator=g).cuda() for _ in range(3)]
+    second = [torch.randn(views.shape, generator=g).cuda() for _ in range(3)]
+    method = build(kind, "rlcf", "cuda", amp)
+    with torch.no_grad():
+        alone = [method(x) for x in second]
+        method.scaler = None          # the batch starts from a fresh scaler, as the samples above did
+        method.forward_batch(first)
+        ws = method._batch_workspace
+        together = method.forward_batch(second)
+    assert method._batch_workspace is ws and ws.opt.defaults.get("fused") is True
+    tol = 1e-4 if amp is None else 0.02
+    for a, t in zip(alone, together):
+        assert t.device.type == "cuda" and torch.isfinite(t).all()
+        assert torch.allclose(a, t, atol=tol * max(1.0, float(a.abs().max())), rtol=0), (a - t).abs().max()
