@@ -30,7 +30,7 @@ from tasks.captioning.checkpoint import build_word_tokenizer, tiny_captioner  # 
 from tasks.captioning.model import CaptionerConfig, PrefixCaptioner  # noqa: E402
 from tasks.captioning.policy import CaptionPolicy  # noqa: E402
 from tasks.common.clip import load_clip  # noqa: E402
-from phases import profile_phases  # noqa: E402
+from phases import profile_phases, sync  # noqa: E402
 
 #: one caption-TTA episode: per step the candidates (beam search), their log-probs, the reward, backward,
 #: optimizer; then the final caption (predict). The first three nest in the losses.
@@ -87,13 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
     times = []
     for i in range(args.images + 1):
         x = torch.randn(1, 3, res, res, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
             method(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         if i > 0:
             times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"

@@ -29,7 +29,7 @@ import rlcf  # noqa: E402
 from tasks.methods import register_all  # noqa: E402
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts  # noqa: E402
 from tasks.common.clip import load_clip  # noqa: E402
-from phases import profile_phases  # noqa: E402
+from phases import profile_phases, sync  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures"
 PRESETS = {
@@ -60,11 +60,6 @@ def peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_method(method: rlcf.Method, x: torch.Tensor, samples: int, device: torch.device) -> list[float]:

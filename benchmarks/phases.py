@@ -12,6 +12,12 @@ from typing import Callable, Sequence
 import torch
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def profile_phases(call: Callable[[], object], phases: Sequence[str], device: torch.device, label: str,
                    top_level: Sequence[str] | None = None) -> dict[str, float]:
     """Run ``call`` once under the torch profiler (after one warm-up call) and print a markdown table of
@@ -19,18 +25,14 @@ def profile_phases(call: Callable[[], object], phases: Sequence[str], device: to
     sum is subtracted from the wall time for the "other" row."""
     from torch.profiler import ProfilerActivity, profile
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.no_grad():
         call()   # warm-up
-        sync()
+        sync(device)
         t0 = time.perf_counter()
         with profile(activities=acts) as prof:
             call()
-            sync()
+            sync(device)
         total = time.perf_counter() - t0
     out = {p: 0.0 for p in phases}
     for ev in prof.key_averages():
