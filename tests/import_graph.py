@@ -1,11 +1,16 @@
-"""Walk the project's imports (module level and inside functions) and check the layering.
+"""Walk the project's imports and check the layering, between modules and between packages.
 
     python tests/import_graph.py          # prints the cycles and layering violations; exit 1 if any
 
-Rules: no import cycle anywhere in ``rlcf`` and ``tasks``; ``rlcf`` (the core) imports no ``tasks``
-module; ``tasks.common`` imports no task folder (``tasks.classification``, ``tasks.world``, ...).
+Every import statement is an edge: at module level, inside functions and under ``if TYPE_CHECKING:``.
 ``from package import name`` counts as an import of ``package.name`` when that is a module, else of the
 package itself.
+
+Rules: no import cycle between the modules of ``rlcf`` and ``tasks``, and none between their packages (a
+package is a folder: ``tasks.classification`` holds ``tasks/classification/*.py``, its sub-folder
+``tasks.classification.datasets`` is a package of its own; ``tasks`` holds ``tasks/*.py``); ``rlcf`` (the
+core) imports no ``tasks`` module; ``tasks.common`` imports no task folder (``tasks.classification``,
+``tasks.world``, ...).
 """
 from __future__ import annotations
 
@@ -42,11 +47,7 @@ def edges() -> dict[str, set[str]]:
     for mod, path in mods.items():
         is_pkg = path.name == "__init__.py"
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        typing_only = {id(n) for t in ast.walk(tree) if isinstance(t, ast.If) and "TYPE_CHECKING" in ast.unparse(t.test)
-                       for b in t.body for n in ast.walk(b)}   # `if TYPE_CHECKING:` imports never run
         for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -63,8 +64,25 @@ def edges() -> dict[str, set[str]]:
     return graph
 
 
+def package_of(mod: str, mods: dict[str, Path] | None = None) -> str:
+    """The package (folder) a module belongs to: itself for a package's ``__init__``, else its parent."""
+    mods = modules() if mods is None else mods
+    return mod if mods[mod].name == "__init__.py" else mod.rsplit(".", 1)[0]
+
+
+def package_edges(graph: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """Package -> the packages its modules import (itself left out)."""
+    mods = modules()
+    graph = edges() if graph is None else graph
+    out: dict[str, set[str]] = {package_of(m, mods): set() for m in mods}
+    for mod, deps in graph.items():
+        src = package_of(mod, mods)
+        out[src] |= {package_of(d, mods) for d in deps} - {src}
+    return out
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
+    """Strongly connected components with more than one node (Tarjan): modules, or packages."""
     index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
 
     def visit(v: str) -> None:
@@ -110,15 +128,19 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
 
 def main() -> int:
     g = edges()
-    cyc = cycles(g)
+    pg = package_edges(g)
+    cyc, pcyc = cycles(g), cycles(pg)
     bad = violations(g)
     for c in cyc:
-        print("import cycle:", " <-> ".join(c))
+        print("module cycle:", " <-> ".join(c))
+    for c in pcyc:
+        print("package cycle:", " <-> ".join(c))
     for v in bad:
         print("layering:", v)
-    print(f"{len(g)} modules, {sum(len(d) for d in g.values())} imports: {len(cyc)} cycles, {len(bad)} layering "
-          "violations")
-    return 1 if cyc or bad else 0
+    print(f"{len(g)} modules, {sum(len(d) for d in g.values())} imports: {len(cyc)} module cycles; "
+          f"{len(pg)} packages, {sum(len(d) for d in pg.values())} package imports: {len(pcyc)} package cycles; "
+          f"{len(bad)} layering violations")
+    return 1 if cyc or pcyc or bad else 0
 
 
 if __name__ == "__main__":
