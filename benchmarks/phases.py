@@ -1,6 +1,6 @@
 """Wall time of one call split by the engine's ``record_function`` phases (shared by the benchmarks).
 
-The labels are set in ``rlcf/engine.py``, ``rlcf/batched.py``, ``rlcf/methods.py`` and the policies
+The labels are set in ``rlcf/engine.py``, ``rlcf/forward.py``, ``rlcf/methods.py`` and the policies
 (``rlcf/policy (...)``); phases can nest (the reward runs inside the losses of a batch). What no phase
 covers is Python and glue: the last row, wall time minus the top-level phases.
 """

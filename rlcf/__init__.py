@@ -6,7 +6,8 @@ The core is task-agnostic and torch-first; tasks (classification, retrieval, cap
 from . import reward
 from .adapt import adapt
 from .baselines import compute_advantages, list_baselines
-from .engine import AdaptConfig, Flags, Method
+from .config import AdaptConfig, Flags
+from .engine import Method
 from .episodic import MomentumReset, Snapshot, restore, snapshot
 from .losses import marginal_entropy, reinforce_ce, reinforce_logprob, select_confident
 from .methods import create_method, get_method, list_methods, register_method

@@ -3,138 +3,39 @@
 :class:`Method` is a drop-in wrapper (tent-style) around a policy. A method writes its :meth:`Method.loss`
 (gradient methods) or its :meth:`Method.predict` (training-free and online methods); everything else
 (optimizer, mixed precision, NaN fallback, exact reset, momentum reset point, the stream state of online
-methods, diagnostics) lives here, once. Every method goes through :meth:`Method.forward`.
+methods, diagnostics) lives here, once, in one step loop for one sample and for B samples at once: a forward
+provider (:mod:`rlcf.forward`) says how the policy runs, a workspace (:mod:`rlcf.workspace`) which parameters the
+steps train. Every method goes through :meth:`Method.forward`.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from .episodic import MomentumReset, restore, snapshot, train_only, trainable_named_parameters
-from .policy import Episode, Sample, Sampling
+from .config import AdaptConfig, Flags, NoOptions, build_options, resolve_precision
+from .episodic import MomentumReset, restore, snapshot, trainable_named_parameters
+from .forward import OwnForward, StackedForward, check_no_train_batchnorm
+from .policy import DiscretePolicy, Episode, Sample, Sampling
+from .workspace import OwnWorkspace, StackedWorkspace, Workspace, build_optimizer, workspace_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaptConfig", "Method", "Flags", "AMP_MODES", "resolve_precision", "NoOptions"]
-
-AMP_MODES = ("auto", None, "fp32", "bf16", "fp16")
+__all__ = ["Method", "batch_refusal"]
 
 
-def resolve_precision(amp: str | None, device: torch.device | str) -> str:
-    """What ``AdaptConfig.amp`` means on ``device``: ``"fp16"``, ``"bf16"`` or ``"fp32"``.
-
-    ``"auto"`` is the official choice: fp16 autocast (with a GradScaler) on CUDA, fp32 elsewhere.
-    """
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got '{amp}'")
-    if amp == "auto":
-        return "fp16" if torch.device(device).type == "cuda" else "fp32"
-    return "fp32" if amp is None else amp
-
-
-@dataclass
-class AdaptConfig:
-    """Hyperparameters shared by every adaptation method (defaults: official RLCF prompt tuning).
-
-    Attributes:
-        steps: optimisation steps per sample (0 = no adaptation).
-        lr, weight_decay, eps: optimizer settings.
-        optimizer: ``"adamw"`` (official), ``"adam"`` or ``"sgd"``.
-        k: candidates sampled per query/view.
-        sampling: ``"topk"`` (official, deterministic) or ``"sample"`` (from the policy's softmax).
-        temperature: softmax temperature for ``sampling="sample"``.
-        baseline: ``"mean"`` (official), ``"loo"``, ``"batch"`` or ``"none"``.
-        normalize_advantages: divide advantages by the reward std (official ``reward_amplify``).
-        selection: fraction of lowest-entropy views kept (TPT/RLCF 0.1; 1.0 keeps all).
-        amp: ``"auto"`` (default, as the official loops: fp16 autocast + GradScaler on CUDA, fp32
-            elsewhere), ``"fp16"`` (autocast fp16 + GradScaler on any device, CPU included, so tests
-            run the CUDA code path), ``"bf16"`` (autocast bf16, no scaler) or ``None`` / ``"fp32"``.
-            The weights stay fp32 (official: ``convert_weights`` is disabled); :attr:`Method.precision`
-            says what runs and every task records it.
-        grad_scaler_init: initial scale of the fp16 GradScaler (official 1000). One scaler serves the
-            whole run (official: created once, never reset per sample), so its scale carries over.
-        momentum: EMA coefficient of the "-M" variant (``None`` = off; official 0.9998).
-        update_freq, update_w: "-M" reset-point refresh period and EMA weight (64, 1.0).
-        train_mode: put the policy in ``train()`` mode during the steps (official encoder tuning;
-            policies keep their frozen parts in eval), else ``eval()``. Prediction always runs in
-            ``eval()`` mode; every module's mode is restored afterwards.
-        options: the method's own options, checked against its :attr:`Method.Options` dataclass
-            (e.g. ``{"ctpt_lambda": 20.0}`` for C-TPT); unknown names are an error.
-    """
-
-    steps: int = 3
-    lr: float = 7e-3
-    weight_decay: float = 5e-4
-    eps: float = 1e-8
-    optimizer: str = "adamw"
-    k: int = 3
-    sampling: str = "topk"
-    temperature: float = 1.0
-    baseline: str = "mean"
-    normalize_advantages: bool = False
-    selection: float = 0.1
-    amp: str | None = "auto"
-    grad_scaler_init: float = 1000.0
-    momentum: float | None = None
-    update_freq: int = 64
-    update_w: float = 1.0
-    train_mode: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.optimizer not in ("adamw", "adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got '{self.optimizer}'")
-        if self.sampling not in ("topk", "sample"):
-            raise ValueError(f"sampling must be 'topk' or 'sample', got '{self.sampling}'")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got '{self.amp}'")
-        if not 0.0 < self.selection <= 1.0:
-            raise ValueError(f"selection must be in (0, 1], got {self.selection}")
-
-    def updated(self, **overrides: Any) -> "AdaptConfig":
-        names = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(f"unknown AdaptConfig option(s) {unknown}; valid: {sorted(names)}")
-        return replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Flags:
-    NAN_FALLBACK = "nan_fallback"
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """A method without options of its own."""
-
-
-def build_options(cls: type, values: dict[str, Any], method: str) -> Any:
-    """``cls(**values)`` with unknown names and wrong types reported by option name."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise TypeError(f"method '{method}' has no option(s) {unknown}; its options: {sorted(names) or 'none'}")
-    out = cls(**values)
-    for n, f in names.items():
-        v, default = getattr(out, n), getattr(cls(), n)
-        if isinstance(default, bool) != isinstance(v, bool) or (
-                isinstance(default, (int, float)) and not isinstance(v, (int, float))) or (
-                isinstance(default, str) and not isinstance(v, str)):
-            raise TypeError(f"option '{n}' of method '{method}' expects {type(default).__name__}, got {v!r}")
-    return out
+def batch_refusal(method: "Method") -> str | None:
+    """Why ``method`` cannot adapt a batch at once (``None``: it can; a sequential loop is not a refusal)."""
+    if method.online:
+        return (f"method '{method.name}' is online (state carried across the stream): its stream order is the method, "
+                "so it cannot adapt samples in parallel; use run.batch=1")
+    return None
 
 
 class Method(nn.Module):
@@ -164,8 +65,8 @@ class Method(nn.Module):
     needs_reward: ClassVar[bool] = False
     default_config: ClassVar[AdaptConfig] = AdaptConfig()
     Options: ClassVar[type] = NoOptions
-    #: the loss needs nothing but the policy's logits / rollouts, so B samples can share one batched forward
-    #: (:mod:`rlcf.batched`); ``False``: a batch runs its samples one after the other
+    #: the loss needs nothing but the policy's logits of the selected views, so B samples can share one batched
+    #: forward (:class:`rlcf.forward.StackedForward`); ``False``: a batch runs its samples one after the other
     batchable: ClassVar[bool] = True
 
     def __init__(self, policy: nn.Module, reward: Any = None, config: AdaptConfig | None = None) -> None:
@@ -183,7 +84,7 @@ class Method(nn.Module):
         if self.config.steps > 0 and not self.params:
             raise ValueError(f"method '{self.name}' has steps={self.config.steps} but the policy has no "
                              "trainable parameter (requires_grad=True)")
-        self.optimizer = self._build_optimizer() if self.params else None
+        self.optimizer = build_optimizer(self.params, self.config) if self.params else None
         self.snap = snapshot(policy, self.optimizer)
         c = self.config
         self.sampling = Sampling(c.k, c.sampling, c.temperature)
@@ -192,19 +93,10 @@ class Method(nn.Module):
         self.scaler = None
         self.last_info: dict[str, Any] = {}
         self.last_infos: list[dict[str, Any]] = []
-        self._batch_workspace = None   # rlcf.batched: the stacked parameters and optimizer, kept across calls
+        #: the B stacked parameter copies and their optimizer of the last batch, kept across calls of the same B
+        self.stacked_workspace: StackedWorkspace | None = None
 
     # ----------------------------------------------------------------- set-up
-    def _build_optimizer(self, params: list[Tensor] | None = None, fused: bool = False) -> torch.optim.Optimizer:
-        """The configured optimizer over ``params`` (default: the trainable parameters); ``fused``: torch's
-        fused Adam/AdamW kernel (the batched workspace, :mod:`rlcf.batched`)."""
-        c = self.config
-        params = self.params if params is None else params
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay)
-        cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=c.lr, weight_decay=c.weight_decay, eps=c.eps, **({"fused": True} if fused else {}))
-
     @property
     def device(self) -> torch.device:
         for p in self.policy.parameters():
@@ -297,76 +189,146 @@ class Method(nn.Module):
         if (isinstance(sample, Tensor) and sample.dim() == 5) or (
                 isinstance(sample, (list, tuple)) and sample and all(isinstance(s, Tensor) for s in sample)):
             return self.forward_batch(list(sample))
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("rlcf adaptation needs autograd: call it under torch.no_grad(), "
-                               "not torch.inference_mode()")
-        t0 = time.perf_counter()
-        ep = self.make_episode(sample)
-        info: dict[str, Any] = {"losses": [], "flags": []}
-        modes = [(m, m.training) for m in self.policy.modules()]
-        ok = True
-        if self.config.steps > 0:
-            with torch.enable_grad():
-                self.begin(ep)
-                ok = self._adapt(ep, info)
-        self.policy.eval()
-        with torch.no_grad(), self._autocast(), record_function("rlcf/predict"):
-            pred = self.predict(ep)
-        if not ok or (isinstance(pred, Tensor) and not torch.isfinite(pred).all()):
-            info["flags"].append(Flags.NAN_FALLBACK)
-            logger.warning("non-finite loss or prediction during '%s' adaptation: using the unadapted "
-                           "prediction", self.name)
-            self.reset()
-            with torch.no_grad(), self._autocast():
-                pred = self.predict(self.make_episode(sample))
-        elif self.momentum is not None and self.config.steps > 0:
-            self.momentum.update(self.policy)
-        if self.config.steps > 0:
-            self.reset()
-        for m, mode in modes:
-            m.training = mode
-        info["selected"] = ep.selected.tolist() if ep.selected is not None else None
-        info.update(ep.info)
-        info["time"] = time.perf_counter() - t0
-        info["precision"] = self.precision
-        self.last_info = info
-        return pred
+        _check_autograd()
+        return self._episodes([sample], stacked=False)[0]
 
     def forward_batch(self, samples: Sequence[Sample]) -> list[Any]:
         """Adapt B samples at once, each with its own parameters and optimizer state, and return their B
-        predictions, each equal to what it gets alone (:mod:`rlcf.batched`); ``last_infos`` holds one
+        predictions, each equal to what it gets alone (:mod:`rlcf.forward`); ``last_infos`` holds one
         diagnostics dict per sample. Online and momentum methods refuse (their stream order is the method)."""
-        from .batched import adapt_batch
+        reason = batch_refusal(self)
+        if reason is not None:
+            raise ValueError(reason)
+        _check_autograd()
+        if not self._stackable() or len(samples) == 1 or not self._same_shape(samples):
+            preds, infos = [], []
+            for s in samples:
+                preds.append(self(s))
+                infos.append(self.last_info)
+            self.last_infos = infos
+            return preds
+        return self._episodes(samples, stacked=True)
 
-        return adapt_batch(self, samples)
+    def _stackable(self) -> bool:
+        return (self.config.steps > 0 and isinstance(self.policy, DiscretePolicy) and self.batchable
+                and getattr(self.policy, "supports_batch", True))
 
-    def _adapt(self, ep: Episode, info: dict[str, Any]) -> bool:
-        with train_only(self.policy, self.params):
-            return self._steps(ep, info)
+    def _same_shape(self, samples: Sequence[Sample]) -> bool:
+        return len({tuple(self.policy.as_tensor(self.check_sample(s)).shape) for s in samples}) == 1
 
-    def _steps(self, ep: Episode, info: dict[str, Any]) -> bool:
-        opt, scaler = self.optimizer, self._get_scaler()
-        self.policy.train(self.config.train_mode)
+    def _workspace(self, b: int, stacked: bool) -> Workspace:
+        if not stacked:
+            return OwnWorkspace(self.policy, self.params, self.optimizer, self.reset)
+        ws = self.stacked_workspace
+        if ws is None or ws.key != workspace_key(self.param_names, self.params, b):
+            self.stacked_workspace = None   # free the old one before building the new one
+            ws = self.stacked_workspace = StackedWorkspace(self.policy, self.param_names, self.params, b, self.config)
+        ws.reset()
+        return ws
+
+    # ------------------------------------------------------------------- the step loop
+    def _episodes(self, samples: Sequence[Sample], stacked: bool) -> list[Any]:
+        """Adapt and predict ``samples`` (one, or B at once with ``stacked``); sets ``last_info(s)``."""
+        t0 = time.perf_counter()
+        eps = [self.make_episode(s) for s in samples]
+        infos: list[dict[str, Any]] = [{"losses": [], "flags": []} for _ in eps]
+        alive = [True] * len(eps)
+        adapt = self.config.steps > 0
+        ws: Workspace | None = None
+        modes = [(m, m.training) for m in self.policy.modules()]
+        try:
+            if adapt and stacked:
+                with record_function("rlcf/workspace reset"):
+                    ws = self._workspace(len(eps), stacked)
+            elif adapt:
+                ws = self._workspace(1, stacked)
+            fwd = StackedForward(self.policy, eps, ws.stacked, self.reward) if stacked else OwnForward(eps)
+            if adapt:
+                with torch.enable_grad(), ws.trainable():
+                    self.policy.train(self.config.train_mode)
+                    if stacked:
+                        check_no_train_batchnorm(self.policy)
+                    for ep in eps:
+                        self.begin(ep)
+                    self._steps(eps, fwd, ws, infos, alive)
+            self.policy.eval()
+            with torch.no_grad(), self._autocast(), record_function("rlcf/predict"):
+                preds = fwd.predict(self.predict)
+            for b, pred in enumerate(preds):
+                if not alive[b] or (isinstance(pred, Tensor) and not torch.isfinite(pred).all()):
+                    infos[b]["flags"].append(Flags.NAN_FALLBACK)
+                    logger.warning("non-finite loss or prediction during '%s' adaptation%s: using the unadapted "
+                                   "prediction", self.name, f" of batch sample {b}" if stacked else "")
+                    if ws is not None:
+                        ws.restore()
+                    with torch.no_grad(), self._autocast():
+                        preds[b] = self.predict(self.make_episode(samples[b]))
+                elif self.momentum is not None and adapt:
+                    self.momentum.update(self.policy)
+            if ws is not None:
+                ws.restore()
+        except BaseException:
+            if stacked:
+                self.stacked_workspace = None   # e.g. out of memory: the runner retries with a smaller B
+            elif ws is not None:
+                ws.restore()
+            raise
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        elapsed = time.perf_counter() - t0
+        for ep, info in zip(eps, infos):
+            info["selected"] = ep.selected.tolist() if ep.selected is not None else None
+            info.update(ep.info)
+            info["time"] = elapsed / len(eps)
+            info["precision"] = self.precision
+            if stacked:
+                info["batch"] = len(eps)
+        self.last_infos, self.last_info = infos, infos[-1]
+        return preds
+
+    def _steps(self, eps: list[Episode], fwd: OwnForward | StackedForward, ws: Workspace,
+               infos: list[dict[str, Any]], alive: list[bool]) -> None:
+        """``config.steps`` steps; the loss is the sum of the live samples' losses. A sample whose loss goes
+        non-finite leaves the sum (``alive[b] = False``) and later falls back alone."""
+        scaler = self._get_scaler()
         for step in range(self.config.steps):
+            total = None
             with self._autocast(), record_function("rlcf/losses (per sample)"):
-                loss = self.loss(ep, step)
-            lv = float(loss.detach())
-            info["losses"].append(lv)
-            if not math.isfinite(lv):
-                return False
-            opt.zero_grad(set_to_none=True)
+                fwd.begin_step(step)
+                for b, ep in enumerate(eps):
+                    if not alive[b]:
+                        continue
+                    loss = self.loss(ep, step)
+                    lv = float(loss.detach())
+                    infos[b]["losses"].append(lv)
+                    if not math.isfinite(lv):
+                        alive[b] = False
+                        continue
+                    total = loss if total is None else total + loss
+            if total is None:
+                return
+            ws.zero_grad()
             if scaler is not None:   # fp16: inf/NaN gradients skip the step and lower the scale
                 with record_function("rlcf/backward"):
-                    scaler.scale(loss).backward()
+                    scaler.scale(total).backward()
+                ws.after_backward()
                 scale = scaler.get_scale()
                 with record_function("rlcf/optimizer"):
-                    scaler.step(opt)
+                    scaler.step(ws.optimizer)
                     scaler.update()
                 if scaler.get_scale() < scale:
-                    info["skipped_steps"] = info.get("skipped_steps", 0) + 1
+                    for b, info in enumerate(infos):
+                        if alive[b]:
+                            info["skipped_steps"] = info.get("skipped_steps", 0) + 1
             else:
                 with record_function("rlcf/backward"):
-                    loss.backward()
+                    total.backward()
+                ws.after_backward()
                 with record_function("rlcf/optimizer"):
-                    opt.step()
-        return True
+                    ws.optimizer.step()
+
+
+def _check_autograd() -> None:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("rlcf adaptation needs autograd: call it under torch.no_grad(), not torch.inference_mode()")

@@ -74,6 +74,8 @@ class Episode:
         selection: fraction of the most confident views kept (chosen once, at the first step).
         selected: ``[S]`` indices of the kept views (``None`` until chosen).
         query_features: cached query features when the query side is frozen (policy-owned).
+        step_logits: ``[S, C]`` logits of the selected views at the current step when a batched forward computed
+            them ahead of the loss (:class:`rlcf.forward.StackedForward`), else ``None``.
         info: per-sample diagnostics (lists of per-step values, ...), copied into ``Method.last_info``.
     """
 
@@ -82,10 +84,9 @@ class Episode:
         self.selection = selection
         self.selected: Tensor | None = None
         self.query_features: Tensor | None = None
+        self.step_logits: Tensor | None = None
         self._reward_query: Any = None
         self.info: dict[str, Any] = {}
-        self.batch: Any = None            # the BatchContext of a batched episode (rlcf.batched)
-        self.batch_index: int | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -145,7 +146,7 @@ class DiscretePolicy(nn.Module):
     """
 
     query_trainable: bool = False
-    #: B samples can be adapted at once with stacked parameters (rlcf.batched)
+    #: B samples can be adapted at once with stacked parameters (:class:`rlcf.forward.StackedForward`)
     supports_batch: bool = True
 
     def encode_query(self, x: Any) -> Tensor:
@@ -210,11 +211,11 @@ class DiscretePolicy(nn.Module):
         Frozen query: all-view logits are computed once with grad and sliced (one text pass).
         Trainable query: views are ranked by a no-grad forward, then only the ``S`` selected views are
         forwarded with grad (identical values for models without batch statistics). ``kw`` goes to
-        :meth:`logits` (e.g. precomputed class features). In a batch (``ep.batch``): the episode's slice of
-        the step's batched forward (:class:`rlcf.batched.BatchContext`).
+        :meth:`logits` (e.g. precomputed class features). In a batch: ``ep.step_logits``, the episode's slice of
+        the step's batched forward (:class:`rlcf.forward.StackedForward`).
         """
-        if ep.batch is not None:
-            return ep.batch.selected_logits(ep)
+        if ep.step_logits is not None:
+            return ep.step_logits
         if ep.selected is None:
             if self.query_trainable and ep.selection >= 1.0:   # nothing to rank: every view is kept
                 ep.selected = torch.arange(len(ep), device=self._device())

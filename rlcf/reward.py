@@ -36,8 +36,16 @@ class CLIPLike(Protocol):
     def encode_text(self, text: Tensor, normalize: bool = False) -> Tensor: ...
 
 
+@runtime_checkable
 class Reward(Protocol):
+    """A reward model: ``reward(query, candidates) -> [B, K]`` and :meth:`prefetch`. A plain function
+    ``(query, candidates) -> [B, K]`` also serves as a reward; it has nothing to prefetch."""
+
     def __call__(self, query: Tensor | Sequence[str], candidates: Tensor | Sequence[Sequence[str]]) -> Tensor: ...
+
+    def prefetch(self, queries: Sequence[Tensor | Sequence[str]]) -> None:
+        """Encode the queries of several episodes (the B samples of a batch) in one pass before their steps; each
+        later call with one of these query objects reuses the features."""
 
 
 @torch.no_grad()
@@ -287,7 +295,7 @@ class EnsembleReward:
 
     def prefetch(self, queries: Sequence[Tensor | Sequence[str]]) -> None:
         for r in self.rewards:
-            if hasattr(r, "prefetch"):
+            if isinstance(r, Reward):
                 r.prefetch(queries)
 
     def teacher_logits(self, query: Tensor | Sequence[str]) -> Tensor:

@@ -159,30 +159,30 @@ def test_the_workspace_is_kept_per_batch_size_and_reset_in_place():
     with torch.no_grad():
         alone = [method(x) for x in second]
         method.forward_batch(first)
-        ws = method._batch_workspace
+        ws = method.stacked_workspace
         out = method.forward_batch(second)
-    assert method._batch_workspace is ws and all(p.grad is not None for p in ws.stacked.values())
+    assert method.stacked_workspace is ws and all(p.grad is not None for p in ws.stacked.values())
     for a, t in zip(alone, out):
         assert torch.allclose(a, t, atol=1e-5, rtol=0) and int(a.argmax()) == int(t.argmax())
     with torch.no_grad():
         two = method.forward_batch(second[:2])
-    assert method._batch_workspace is not ws and next(iter(method._batch_workspace.stacked.values())).shape[0] == 2
+    assert method.stacked_workspace is not ws and next(iter(method.stacked_workspace.stacked.values())).shape[0] == 2
     assert all(torch.allclose(a, t, atol=1e-5, rtol=0) for a, t in zip(alone, two))
 
     # a parameter the step's backward does not reach is skipped by the optimizer (grad None), as sequentially,
     # not stepped with its kept zero buffer (weight decay would move it)
-    ws = method._batch_workspace
+    ws = method.stacked_workspace
     names = list(ws.stacked)
     first, rest = ws.stacked[names[0]], [ws.stacked[n] for n in names[1:]]
-    ws.opt.zero_grad(set_to_none=False)
+    ws.optimizer.zero_grad(set_to_none=False)
     sum(p.sum() for p in ws.stacked.values()).backward()     # every buffer exists now
-    ws.drop_untouched()
-    ws.opt.zero_grad(set_to_none=False)
+    ws.after_backward()
+    ws.optimizer.zero_grad(set_to_none=False)
     before = [p.detach().clone() for p in rest]
     (first ** 2).sum().backward()                             # reaches the first parameter only
-    ws.drop_untouched()
+    ws.after_backward()
     assert first.grad is not None and all(p.grad is None for p in rest)
-    ws.opt.step()
+    ws.optimizer.step()
     assert all(torch.equal(p, q) for p, q in zip(rest, before))
     assert torch.isfinite(first).all()
 
@@ -192,7 +192,7 @@ def test_the_workspace_is_kept_per_batch_size_and_reset_in_place():
     method.reward = oom
     with pytest.raises(RuntimeError, match="out of memory"), torch.no_grad():
         method.forward_batch(second)
-    assert method._batch_workspace is None   # the runner's retry at a smaller B does not hold two workspaces
+    assert method.stacked_workspace is None   # the runner's retry at a smaller B does not hold two workspaces
 
 
 def test_online_methods_and_train_mode_batchnorm_refuse():

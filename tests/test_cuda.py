@@ -80,9 +80,9 @@ def test_cuda_batches_in_a_row_equal_one_at_a_time(kind, amp, views):
         alone = [method(x) for x in second]
         method.scaler = None          # the batch starts from a fresh scaler, as the samples above did
         method.forward_batch(first)
-        ws = method._batch_workspace
+        ws = method.stacked_workspace
         together = method.forward_batch(second)
-    assert method._batch_workspace is ws and ws.opt.defaults.get("fused") is True
+    assert method.stacked_workspace is ws and ws.optimizer.defaults.get("fused") is True
     tol = 1e-4 if amp is None else 0.02
     for a, t in zip(alone, together):
         assert t.device.type == "cuda" and torch.isfinite(t).all()

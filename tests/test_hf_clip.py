@@ -262,8 +262,8 @@ def test_rlcf_adapts_over_the_wrapper_and_restores_it(folders, kind, policy_kind
     g = torch.Generator().manual_seed(3)
     views = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(3)]
     state0 = {k: v.clone() for k, v in policy.state_dict().items()}
-    vmapped, call = [], rlcf.batched.BatchContext._call
-    monkeypatch.setattr(rlcf.batched.BatchContext, "_call", lambda c, *a, **kw: vmapped.append(1) or call(c, *a, **kw))
+    vmapped, call = [], rlcf.forward.StackedForward._call
+    monkeypatch.setattr(rlcf.forward.StackedForward, "_call", lambda c, *a, **kw: vmapped.append(1) or call(c, *a, **kw))
     with torch.no_grad():
         zero = [rlcf.adapt(policy, v, "zeroshot") for v in views]
         alone = [method(v) for v in views]

@@ -298,7 +298,7 @@ def test_ctpt_per_dataset_lambda_and_augmix():
 
 # ------------------------------------------------------------------ 8. precision
 def test_amp_auto_is_fp16_on_cuda_fp32_on_cpu():
-    from rlcf.engine import resolve_precision
+    from rlcf.config import resolve_precision
 
     assert rlcf.AdaptConfig().amp == "auto"
     assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "fp16"

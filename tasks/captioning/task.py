@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 import rlcf
-from rlcf.engine import AdaptConfig
+from rlcf.config import AdaptConfig
 
 from ..common.clip import build_clip, build_reward, resolve_device
 from ..common.data import require_path

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlcf.engine import AdaptConfig, Method
+from rlcf.config import AdaptConfig
+from rlcf.engine import Method
 from rlcf.losses import entropy, marginal_entropy, select_confident, softmax_ce
 from rlcf.policy import DiscretePolicy, Episode
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 import rlcf
-from rlcf.engine import AdaptConfig
+from rlcf.config import AdaptConfig
 
 from rlcf.reward import input_resolution
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import rlcf
-from rlcf.engine import AdaptConfig
+from rlcf.config import AdaptConfig
 
 
 
