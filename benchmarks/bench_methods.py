@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import rlcf  # noqa: E402
-from tasks.methods import register_all  # noqa: E402
+from tasks.methods import load_all  # noqa: E402
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts  # noqa: E402
 from tasks.common.clip import load_clip  # noqa: E402
 from phases import profile_phases, sync  # noqa: E402
@@ -38,17 +38,23 @@ PRESETS = {
     "cpu-large": dict(arch="ViT-B-32", reward="ViT-B-16", classes=200, views=16),
     "paper": dict(arch="ViT-B-16", reward="ViT-L-14", classes=1000, views=64),
 }
-# (method, policy, overrides) rows: the official settings of each method
-ROWS = [
-    ("zeroshot", "prompt", {}),
-    ("tpt", "prompt", dict(steps=1, lr=5e-3, weight_decay=0.01)),
-    ("ctpt", "prompt", dict(steps=1, lr=5e-3, weight_decay=0.01)),
-    ("rlcf", "prompt", dict(steps=3, lr=7e-3, k=3)),
-    ("rlcf", "encoder", dict(steps=3, lr=1e-5, k=3, train_mode=True)),
-    ("kd", "encoder", dict(steps=3, lr=1e-5, train_mode=True)),
-    ("zero", "encoder", dict(selection=0.3)),
-    ("tda", "encoder", {}),
-]
+#: the official settings of each method: its (policy, overrides) rows
+OFFICIAL: dict[str, list[tuple[str, dict]]] = {
+    "zeroshot": [("prompt", {})],
+    "tpt": [("prompt", dict(steps=1, lr=5e-3, weight_decay=0.01))],
+    "ctpt": [("prompt", dict(steps=1, lr=5e-3, weight_decay=0.01))],
+    "rlcf": [("prompt", dict(steps=3, lr=7e-3, k=3)), ("encoder", dict(steps=3, lr=1e-5, k=3, train_mode=True))],
+    "kd": [("encoder", dict(steps=3, lr=1e-5, train_mode=True))],
+    "zero_vote": [("encoder", dict(selection=0.3))],
+    "tda": [("encoder", {})],
+}
+POLICIES = ("prompt", "encoder")
+
+
+def method_rows() -> list[tuple[str, str | None, dict]]:
+    """``(method, policy, overrides)`` of every registered method: its official rows, else one row with its default
+    config on the first policy of :data:`POLICIES` it supports (``None`` here: chosen when the policies exist)."""
+    return [(name, kind, over) for name in rlcf.list_methods() for kind, over in OFFICIAL.get(name, [(None, {})])]
 
 
 def make(name: str, device: torch.device):
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--profile", action="store_true",
                     help="after the table: where one batched call (the largest B) spends its time, per phase")
     args = ap.parse_args(argv)
-    register_all()
+    load_all()
     if args.threads:
         torch.set_num_threads(args.threads)
     p = dict(PRESETS[args.preset])
@@ -124,14 +130,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         classnames = [f"class number {i}" for i in range(n_cls)]
         reward = rlcf.CLIPReward(reward_clip, rtok)
         reward.set_candidates(class_prompts(classnames))
-        for mname, kind, over in ROWS:
+        for mname, kind, over in method_rows():
             if wanted and mname not in wanted:
                 continue
             policy_clip.load_state_dict(snapshot)
             policy_clip.requires_grad_(False)
-            policy = (PromptPolicy(policy_clip, classnames, tok) if kind == "prompt"
-                      else EncoderPolicy(policy_clip, classnames, tok)).to(device)
             cls = rlcf.get_method(mname)
+            kinds = [kind] if kind else POLICIES
+            for kind in kinds:
+                policy = (PromptPolicy(policy_clip, classnames, tok) if kind == "prompt"
+                          else EncoderPolicy(policy_clip, classnames, tok)).to(device)
+                if cls.supports(policy):
+                    break
             method = rlcf.create_method(mname, policy, reward if cls.needs_reward else None, amp=args.amp, **over)
             base = None
             for b in batches:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from tasks.classification.task import DEFAULTS, ClassificationTask  # noqa: E402
 from tasks.common.config import load_config  # noqa: E402
 from tasks.common.train_clip import rescale_text_tower  # noqa: E402
-from tasks.methods import register_all  # noqa: E402
+from tasks.methods import load_all  # noqa: E402
 from tasks.world.models import seed_root  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "world"
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="pretrained/world")
     args = ap.parse_args()
-    register_all()
+    load_all()
     torch.set_num_threads(1)
     models = seed_root(Path(args.models), args.seed)
     print(f"world policy seed {args.seed}, {args.limit} dev samples, official learning rates\n")

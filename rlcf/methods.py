@@ -7,38 +7,43 @@ its prediction)::
     class RLCF(Method):
         def loss(self, ep, step): ...
 
-Peer methods (C-TPT, ZERO, TDA, KD) live with the tasks and are registered explicitly by
-:func:`tasks.methods.register_all`, the one list of every method.
+Other methods (C-TPT, ZERO, TDA, KD, your own) register themselves the same way, one module each
+(``tasks/methods/``).
 
 ``create_method(name, policy, reward, **overrides)`` builds one; ``list_methods()`` lists them.
 """
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from torch import Tensor
 from torch.profiler import record_function
 
 from .baselines import compute_advantages
-from .engine import AdaptConfig, Method
+from .config import AdaptConfig
+from .engine import Method
 from .losses import marginal_entropy, reinforce_logprob
 from .policy import DiscretePolicy, Episode
 
 __all__ = ["register_method", "create_method", "list_methods", "get_method", "ZeroShot", "TPT", "RLCF"]
 
 _REGISTRY: dict[str, type[Method]] = {}
+_ALIASES: dict[str, str] = {}
 M = TypeVar("M", bound=type[Method])
 
 
-def register_method(name: str) -> Callable[[M], M]:
-    """Class decorator adding a :class:`Method` subclass to the registry under ``name``."""
+def register_method(name: str, aliases: Sequence[str] = ()) -> Callable[[M], M]:
+    """Class decorator adding a :class:`Method` subclass to the registry under ``name`` (its :attr:`Method.name`);
+    ``aliases`` are other names :func:`get_method` accepts for it."""
 
     def deco(cls: M) -> M:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise KeyError(f"method '{name}' is already registered")
+        for n in (name, *aliases):
+            if _REGISTRY.get(_ALIASES.get(n, n), cls) is not cls:
+                raise KeyError(f"method '{n}' is already registered")
         cls.name = name
         _REGISTRY[name] = cls
+        _ALIASES.update({a: name for a in aliases})
         return cls
 
     return deco
@@ -50,9 +55,11 @@ def list_methods(pattern: str = "*") -> list[str]:
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in _REGISTRY:
+    """The method registered as ``name`` (or under an alias of it)."""
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
         raise KeyError(f"unknown method '{name}'; available: {list_methods()}")
-    return _REGISTRY[name]
+    return _REGISTRY[key]
 
 
 def create_method(name: str, policy: Any, reward: Any = None, config: AdaptConfig | None = None,

@@ -46,9 +46,9 @@ def _call(module: str, argv: Sequence[str], attr: str = "main") -> int:
 
 def _methods(args: argparse.Namespace) -> int:
     import rlcf
-    from tasks.methods import register_all
+    from tasks.methods import load_all
 
-    register_all()
+    load_all()
     rows = []
     for name in rlcf.list_methods():
         cls = rlcf.get_method(name)

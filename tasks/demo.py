@@ -34,7 +34,7 @@ from .common.cli import setup_logging
 from .common.clip import run_fingerprint
 from .common.config import load_config
 from .common.runner import barrier, dist_info, init_distributed, read_records, run, sample_order
-from .methods import register_all
+from .methods import load_all as load_methods
 from .world.report import chart, example_grid, markdown, ood_average, seeds_markdown, split_stats
 
 __all__ = ["main", "ROWS", "PEER_ROWS", "SPLITS", "OOD", "ood_average", "run_seed"]
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--seeds needs at least one seed, e.g. 0 or 0,1,2")
     args.world = not args.placeholder
     setup_logging(args.verbose)
-    register_all()
+    load_methods()
     t0 = time.time()
     init_distributed()   # under torchrun: the ranks share the world build, the training and the samples
     rank, _ = dist_info()

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.methods import register_all
+from tasks.methods import load_all
 
-register_all()   # the peer methods (C-TPT, ZERO, TDA, KD): registered explicitly, once, for every test
+load_all()   # every method of tasks/methods/ (C-TPT, ZERO, TDA, KD), once, for every test
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLASSNAMES = ["cat", "dog", "golden retriever", "airplane", "tree frog", "house_finch", "car"]

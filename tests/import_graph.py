@@ -41,27 +41,30 @@ def _resolve(mod: str, is_pkg: bool, level: int, name: str | None) -> str:
     return ".".join(base + ([name] if name else []))
 
 
+def imports_of(mod: str, source: str, is_pkg: bool, mods: dict[str, Path]) -> set[str]:
+    """The project modules that the module ``mod`` (its ``source``) imports, wherever the import statement is."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(mod, is_pkg, node.level, node.module)
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                targets.append(sub if sub in mods else base)
+        for t in targets:
+            while t and t not in mods:   # `import tasks.world.models` -> that module; unknown -> its parent
+                t = t.rsplit(".", 1)[0] if "." in t else ""
+            if t and t != mod:
+                out.add(t)
+    return out
+
+
 def edges() -> dict[str, set[str]]:
     mods = modules()
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for mod, path in mods.items():
-        is_pkg = path.name == "__init__.py"
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = _resolve(mod, is_pkg, node.level, node.module)
-                for a in node.names:
-                    sub = f"{base}.{a.name}"
-                    targets.append(sub if sub in mods else base)
-            for t in targets:
-                while t and t not in mods:   # `import tasks.world.models` -> that module; unknown -> its parent
-                    t = t.rsplit(".", 1)[0] if "." in t else ""
-                if t and t != mod:
-                    graph[mod].add(t)
-    return graph
+    return {mod: imports_of(mod, path.read_text(encoding="utf-8"), path.name == "__init__.py", mods)
+            for mod, path in mods.items()}
 
 
 def package_of(mod: str, mods: dict[str, Path] | None = None) -> str:
@@ -70,9 +73,9 @@ def package_of(mod: str, mods: dict[str, Path] | None = None) -> str:
     return mod if mods[mod].name == "__init__.py" else mod.rsplit(".", 1)[0]
 
 
-def package_edges(graph: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+def package_edges(graph: dict[str, set[str]] | None = None, mods: dict[str, Path] | None = None) -> dict[str, set[str]]:
     """Package -> the packages its modules import (itself left out)."""
-    mods = modules()
+    mods = modules() if mods is None else mods
     graph = edges() if graph is None else graph
     out: dict[str, set[str]] = {package_of(m, mods): set() for m in mods}
     for mod, deps in graph.items():

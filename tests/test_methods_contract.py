@@ -221,15 +221,23 @@ def test_nan_loss_falls_back_and_restores(views):
         assert torch.equal(v, state0[k])
 
 
-def test_one_place_lists_every_method():
-    """``tasks.methods`` is the one list; importing a task package registers nothing by itself."""
+def test_every_method_registers_itself():
+    """Each module of ``tasks/methods/`` registers its own method with ``@register_method``, and ``load_all`` imports
+    them all: the registry holds the core's methods and one per module, nothing else; importing a task package
+    registers nothing by itself."""
+    import importlib
     import subprocess
     import sys
 
-    from tasks.methods import ALL, register_all
+    import tasks.methods
 
-    assert set(register_all()) == set(ALL) == {"zeroshot", "tpt", "rlcf", "ctpt", "zero", "tda", "kd"}
-    assert all(rlcf.get_method(n) is cls for n, cls in ALL.items())
+    names = tasks.methods.load_all()
+    homes = {rlcf.get_method(n).__module__ for n in names}
+    assert homes == {"rlcf.methods"} | {f"tasks.methods.{m}" for m in tasks.methods.modules()}
+    for m in tasks.methods.modules():
+        mod = importlib.import_module(f"tasks.methods.{m}")
+        assert any(rlcf.get_method(n).__module__ == mod.__name__ and rlcf.get_method(n).name == n for n in names)
+    assert rlcf.get_method("zero") is rlcf.get_method("zero_vote") and "zero" not in names   # the name configs type
     code = "import rlcf, tasks.classification, tasks.retrieval, tasks.captioning; print(rlcf.list_methods())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "['rlcf', 'tpt', 'zeroshot']", out.stderr
@@ -238,9 +246,9 @@ def test_one_place_lists_every_method():
 def test_method_options_are_checked_by_name_and_type():
     """A method's own options (``adapt.options`` in a config) are a typed dataclass: an unknown name lists the
     method's options, a wrong type names the option; a method without options says 'none'."""
-    from tasks.methods import register_all
+    from tasks.methods import load_all
 
-    register_all()
+    load_all()
     policy = build("prompt")[0]
     assert rlcf.create_method("ctpt", policy, options={"ctpt_lambda": 50.0}).options.ctpt_lambda == 50.0
     with pytest.raises(TypeError, match=r"no option\(s\) \['lambda'\]; its options: \['ctpt_lambda'\]"):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 import rlcf
 from conftest import CLASSNAMES, FIXTURES, make_clip
 from tasks.classification.datasets import resolve_templates
-from tasks.classification.peers import zero_vote
+from tasks.methods.zero_vote import zero_vote
 from tasks.classification.task import DEFAULTS, build_dataset_from_config, build_policy, build_reward, \
     class_template
 from tasks.common.config import for_set, load_config

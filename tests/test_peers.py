@@ -5,7 +5,9 @@ import torch
 
 import rlcf
 from conftest import CLASSNAMES, make_clip
-from tasks.classification.peers import TDACache, text_dispersion, zero_vote
+from tasks.methods.ctpt import text_dispersion
+from tasks.methods.tda import TDACache
+from tasks.methods.zero_vote import zero_vote
 from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
 
 

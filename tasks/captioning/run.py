@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..common import cli
-from ..methods import register_all
+from .. import methods
 from .task import DEFAULTS, CaptionTask, write_official_results
 
 __all__ = ["main"]
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         write_official_results(tasks["captions"], cfg["run"]["out_dir"])
 
     results = cli.main(argv, description=__doc__, defaults=DEFAULTS, units=units, build=build, report=report,
-                       finish=finish, desc=lambda u: f"{u.cfg['method']} captions", setup=register_all)
+                       finish=finish, desc=lambda u: f"{u.cfg['method']} captions", setup=methods.load_all)
     return results.get("captions")
 
 

@@ -1,3 +1,3 @@
-"""Zero-shot classification with test-time adaptation (policies, views, datasets, peers, runner task).
+"""Zero-shot classification with test-time adaptation (policies, views, datasets, runner task).
 
-The peer methods of :mod:`.peers` are registered by :func:`tasks.methods.register_all`, not by importing this package."""
+Its methods are those of the registry (:mod:`rlcf.methods`, :mod:`tasks.methods`)."""

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..common import cli
 from ..common.config import for_set
-from ..methods import register_all
+from .. import methods
 from .task import DEFAULTS, ClassificationTask
 
 __all__ = ["main", "split_set_ids", "units"]
@@ -68,7 +68,7 @@ def finish(cfg: dict, results: dict[str, dict]) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     return cli.main(argv, description=__doc__, defaults=DEFAULTS, units=units,
                     build=lambda u: ClassificationTask.from_config(u.cfg), report=report, finish=finish,
-                    setup=register_all)
+                    setup=methods.load_all)
 
 
 if __name__ == "__main__":

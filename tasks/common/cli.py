@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None, *, description: str, defaults: dict, units:
          finish: Callable[[dict, dict[str, dict]], None] | None = None,
          desc: Callable[[Unit], str] | None = None, setup: Callable[[], Any] | None = None) -> dict[str, dict]:
     """Parse the command line, run its units, call ``finish(cfg, results)`` on rank 0 (see module docstring).
-    ``setup()`` runs first (the tasks pass :func:`tasks.methods.register_all`).
+    ``setup()`` runs first (the tasks pass :func:`tasks.methods.load_all`).
 
     Returns ``{unit name: summary}`` (empty on other ranks); exits with code 2 on a :class:`UserError`.
     """

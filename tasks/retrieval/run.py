@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..common import cli
 from ..common.config import ConfigValueError
-from ..methods import register_all
+from .. import methods
 from .data import build_retrieval_data, dataset_tag
 from .metrics import combine_directions
 from .task import DEFAULTS, DIRECTIONS, RetrievalTask
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     return cli.main(argv, description=__doc__, defaults=DEFAULTS, units=units,
                     build=lambda u: RetrievalTask.from_config(u.cfg, data=state["data"]), report=report,
-                    finish=finish, desc=lambda u: f"{u.cfg['method']} {u.meta['dataset']} {u.name}", setup=register_all)
+                    finish=finish, desc=lambda u: f"{u.cfg['method']} {u.meta['dataset']} {u.name}", setup=methods.load_all)
 
 
 if __name__ == "__main__":
