@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="pre-flight check of a config: every missing file", add_help=False)
     check.add_argument("task", choices=list(CHECKS))
     sub.add_parser("demo", help="the main job on the embedded world (python -m tasks.demo --help)", add_help=False)
-    sub.add_parser("train-clip", help="train a small CLIP on your data (python -m tasks.common.train_clip --help)",
+    sub.add_parser("train-clip", help="train a small CLIP on your data (python -m tasks.train_clip --help)",
                    add_help=False)
     sub.add_parser("world", help="build the embedded world and its models (python -m tasks.world --help)",
                    add_help=False)
@@ -165,7 +165,7 @@ def _dispatch(argv: list[str]) -> int:
     if command == "demo":
         return _demo(rest)
     if command == "train-clip":
-        return _call("tasks.common.train_clip", rest)
+        return _call("tasks.train_clip", rest)
     if command == "world":
         return _call("tasks.world.__main__", rest)
     ap.error(f"unknown command '{command}'; choose from run, methods, check, demo, train-clip, world")

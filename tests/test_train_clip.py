@@ -13,7 +13,8 @@ from torchvision import transforms as T
 
 from conftest import make_clip
 from tasks.common.augment import augment_batch
-from tasks.common.train_clip import TrainConfig, TrainConfigError, label_aware_clip_loss, main, train_clip
+from tasks.common.train_clip import TrainConfig, TrainConfigError, label_aware_clip_loss, train_clip
+from tasks.train_clip import main
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -13,13 +13,12 @@ from pathlib import Path
 from ..common.clip import checkpoint_problems
 from ..common.config import for_set, load_config
 from ..common.data import probe_samples
+from ..common.providers import is_provider
 from .run import split_set_ids
 from .task import DEFAULTS
 
 def problems(cfg: dict) -> list[str]:
     """Human-readable problems of ``cfg`` (empty when everything it needs is there)."""
-    import tasks.classification  # noqa: F401  (peer methods are registered there)
-
     out = checkpoint_problems(cfg)
     if cfg["prompt"]["coop"] and not Path(cfg["prompt"]["coop"]).is_file():
         out.append(f"CoOp prompt checkpoint not found: {cfg['prompt']['coop']} (the official "
@@ -27,8 +26,8 @@ def problems(cfg: dict) -> list[str]:
     from .datasets import build_dataset
 
     for set_id in split_set_ids(cfg["data"]["set_id"]):
-        if set_id.startswith("world/"):
-            continue
+        if is_provider(set_id.split("/", 1)[0].lower()):
+            continue   # a provider builds its splits on first use
         d = for_set(cfg, set_id)["data"]
         try:
             ds = build_dataset(set_id, d["root"], classnames_source=d["classnames"], templates=d["templates"],

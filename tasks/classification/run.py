@@ -13,6 +13,7 @@ from typing import Sequence
 
 from ..common import cli
 from ..common.config import for_set
+from ..common.providers import is_provider
 from .. import methods
 from .task import DEFAULTS, ClassificationTask
 
@@ -20,10 +21,12 @@ __all__ = ["main", "split_set_ids", "units"]
 
 
 def split_set_ids(spec: str) -> list[str]:
-    """``A/V/R`` -> ``[A, V, R]``; ``world/val`` stays whole; ``C/gaussian_noise/5`` stays whole."""
+    """``A/V/R`` -> ``[A, V, R]``; ``C/gaussian_noise/5`` and a provider's ``world/val`` stay whole;
+    ``world/val/v2`` -> ``[world/val, world/v2]``."""
     parts = spec.split("/")
-    if parts[0] in ("world", "C") or len(parts) == 1:
-        return [spec] if parts[0] != "world" or len(parts) == 2 else [f"world/{p}" for p in parts[1:]]
+    provider = is_provider(parts[0].lower())
+    if provider or parts[0] == "C" or len(parts) == 1:
+        return [spec] if not provider or len(parts) == 2 else [f"{parts[0]}/{p}" for p in parts[1:]]
     return parts
 
 

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle", "build_clip", "resolve_device",
            "build_reward", "checkpoint_problems", "eot_index", "text_features", "text_features_from_embeddings",
            "encode_texts", "file_fingerprint", "folder_fingerprint", "weights_fingerprint", "run_fingerprint",
-           "is_hf", "hf_folder"]
+           "is_hf", "hf_folder", "quiet_random_init"]
 
 ClipBundle = tuple[nn.Module, Callable, Callable]
 
@@ -51,7 +51,7 @@ class _DropRandomInitWarning(logging.Filter):
 
 
 @contextmanager
-def _quiet_random_init(active: bool) -> Iterator[None]:
+def quiet_random_init(active: bool) -> Iterator[None]:
     """open_clip warns through the root logger for every model built without weights; silence it when
     random weights (tests, training from scratch) are what the caller asked for."""
     f = _DropRandomInitWarning()
@@ -127,7 +127,7 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
         raise ModelNameError(f"unknown pretrained tag '{pretrained}' for '{arch}'. Known tags: "
                              f"{open_clip.list_pretrained_tags_by_model(arch)}; or pass a local checkpoint path")
     try:
-        with _quiet_random_init(pretrained is None):   # random weights are what was asked for: no warning
+        with quiet_random_init(pretrained is None):   # random weights are what was asked for: no warning
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device, precision=precision)
     except RuntimeError as e:

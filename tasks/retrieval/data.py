@@ -22,8 +22,8 @@ Default layout under ``data.root`` (``data/`` by default; the first file found i
     flickr30k/annotations/flickr30k_test.json  or flickr30k/annotations/dataset_flickr30k.json
     flickr30k/images/flickr30k-images/1000092795.jpg        (image roots tried: flickr30k/images, flickr30k)
 
-The embedded world (``data.dataset: world/<split>``, e.g. ``world/rendition``): the split's images and
-their 5 captions each, from ``tasks.world.splits.build_world_dataset`` under ``<data.root>/world``.
+A dataset provider's split (``data.dataset: <provider>/<split>``, e.g. the embedded world's ``world/rendition``:
+its images and their 5 captions each, :mod:`tasks.common.providers`) under its folder of ``data.root``.
 
 Captions go through :func:`pre_caption` (LAVIS ``blip_caption``, the official pre-processing).
 """
@@ -40,6 +40,7 @@ from typing import Any
 from PIL import Image
 
 from ..common.data import MissingDataError
+from ..common.providers import get_provider, is_provider
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,8 @@ def build_file_dataset(name: str, root: str | Path = "data", annotations: str | 
     """
     key = _ALIASES.get(name, name)
     if key not in DATASETS:
-        raise KeyError(f"unknown retrieval dataset '{name}'; choose from {sorted(DATASETS)} or world/<split>")
+        raise KeyError(f"unknown retrieval dataset '{name}'; choose from {sorted(DATASETS)} or <provider>/<split> "
+                       "(world/<split>)")
     layout, root = DATASETS[key], Path(root).expanduser()
     ann = _find_annotations(root, key, layout, annotations)
     paths, caps = read_annotations(ann, split, layout.karpathy_dir)
@@ -243,14 +245,14 @@ def build_file_dataset(name: str, root: str | Path = "data", annotations: str | 
     return RetrievalData.from_groups(key, paths, caps, _file_loader(image_root, paths), max_words)
 
 
-def build_world_data(split: str, root: str | Path = "data", max_words: int = 50) -> RetrievalData:
-    """The embedded world's split ``split`` (under ``<root>/world``, built on first use) as a
-    retrieval set: its images and their captions."""
-    from ..world.splits import build_world_dataset
-
-    ds = build_world_dataset(split, root=Path(root) / "world")
-    ids = [ds.sample_id(i) for i in range(len(ds))]
-    return RetrievalData.from_groups(f"world_{split}", ids, ds.captions, ds.load, max_words)
+def build_provider_data(provider: str, split: str, root: str | Path = "data", max_words: int = 50) -> RetrievalData:
+    """Split ``split`` of the dataset provider ``provider`` (e.g. the embedded world's, under ``<root>/world``, built
+    on first use) as a retrieval set: its images and their captions."""
+    p = get_provider(provider)
+    if p.retrieval is None:
+        raise KeyError(f"the dataset provider '{provider}' has no retrieval sets")
+    ids, captions, load = p.retrieval(split, Path(root))
+    return RetrievalData.from_groups(f"{provider}_{split}", ids, captions, load, max_words)
 
 
 def build_list_data(path: str | Path, max_words: int = 50) -> RetrievalData:
@@ -270,7 +272,7 @@ def build_list_data(path: str | Path, max_words: int = 50) -> RetrievalData:
 
 
 def build_retrieval_data(cfg: dict) -> RetrievalData:
-    """From the ``data`` config section: ``dataset`` (``coco`` | ``flickr30k`` | ``world/<split>`` | ``list``,
+    """From the ``data`` config section: ``dataset`` (``coco`` | ``flickr30k`` | ``<provider>/<split>`` | ``list``,
     with ``annotations`` the list file), ``root``, ``annotations``, ``images``, ``max_words``, ``max_images``."""
     name = cfg["dataset"]
     if name == "list":
@@ -279,8 +281,8 @@ def build_retrieval_data(cfg: dict) -> RetrievalData:
 
             raise ListFileError("data.dataset=list needs data.annotations=<list.csv | list.jsonl> (path,caption,...)")
         data = build_list_data(cfg["annotations"], cfg["max_words"])
-    elif name.startswith("world/"):
-        data = build_world_data(name.split("/", 1)[1], cfg["root"], cfg["max_words"])
+    elif "/" in name and is_provider(name.split("/", 1)[0]):
+        data = build_provider_data(*name.split("/", 1), cfg["root"], cfg["max_words"])
     else:
         data = build_file_dataset(name, cfg["root"], cfg.get("annotations"), cfg.get("images"), cfg["max_words"])
     if cfg.get("max_images"):

@@ -38,7 +38,7 @@ import numpy as np
 import open_clip
 import torch
 
-from tasks.common.clip import _quiet_random_init, zero_shot_classifier
+from tasks.common.clip import quiet_random_init, zero_shot_classifier
 
 from .splits import WORLD_VERSION, WorldConfig, build_world_dataset, load_split_tensors, materialize_split
 from .train import TrainConfig, init_for_short_training, normalize, rescale_text_tower, train_clip, zero_shot_accuracy
@@ -235,7 +235,7 @@ def _train_world_model(spec: ModelSpec, world: WorldConfig, root: Path, data_roo
     while True:
         cfg = replace(spec.train, seed=spec.train.seed + 1000 * len(attempts))
         torch.manual_seed(cfg.seed)
-        with _quiet_random_init(True):   # from scratch on purpose: no "No pretrained weights loaded"
+        with quiet_random_init(True):   # from scratch on purpose: no "No pretrained weights loaded"
             model = open_clip.create_model(spec.name, pretrained=None)
         init_for_short_training(model)
         dev_checks: list[tuple[int, float]] = []

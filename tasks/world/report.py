@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..classification.metrics import expected_calibration_error
+from ..common.metrics import expected_calibration_error
 
 __all__ = ["ood_average", "split_stats", "markdown", "seeds_markdown", "chart", "example_grid", "reliability"]
 

@@ -1,8 +1,9 @@
-"""The one dataset registry: official TPT/RLCF ids, the fine-grained sets and the embedded world's splits.
+"""The one dataset registry: official TPT/RLCF ids, the fine-grained sets, your own data and dataset providers.
 
 ImageNet family (:mod:`.imagenet`): ``I``, ``A``, ``V``, ``R``, ``K``, ``C/<corruption>/<severity>``;
-fine-grained sets (:mod:`.fewshot`); the world (``world/<split>``, :mod:`tasks.world.splits`). Ids are
-case-insensitive and a few aliases work (``imagenet-a``, ``oxford_pets``, TDA's ``S`` for Sketch). Example::
+fine-grained sets (:mod:`.fewshot`); a provider's splits as ``<provider>/<split>``
+(:mod:`tasks.common.providers`, e.g. the embedded world's ``world/val``). Ids are case-insensitive and a few
+aliases work (``imagenet-a``, ``oxford_pets``, TDA's ``S`` for Sketch). Example::
 
     ds = build_dataset("A", "/data")
     image, label, i = ds[0]    # RGB PIL image, int in [0, 200), index; ds.classnames[label], ds.sample_id(i)
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common.data import MissingDataError, UserError
+from tasks.common.providers import get_provider, is_provider, list_providers
 
 logger = logging.getLogger(__name__)
 
 from . import custom, fewshot, imagenet
 from .base import ClassificationDataset
 
-__all__ = ["build_dataset", "list_datasets", "canonical_id", "build_world", "DatasetIdError"]
+__all__ = ["build_dataset", "list_datasets", "canonical_id", "DatasetIdError"]
 
 Builder = Callable[..., ClassificationDataset]
 
@@ -34,21 +36,10 @@ class DatasetIdError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def build_world(root: Path, split: str | None = None, transform: Callable | None = None,
-                classnames_source: str = "openai", templates: Any = None, strict: bool = True, **kw: Any):
-    """``world/<split>``: a split of the embedded world under ``<root>/world`` (built on first use; the
-    ``adversarial`` split must have been built with its filter model: ``python -m tasks.world``)."""
-    from tasks.world.splits import build_world_dataset
-
-    if not split:
-        raise ValueError("the world needs a split: use the id 'world/<split>' (e.g. 'world/val')")
-    return build_world_dataset(split, root=Path(root) / "world", transform=transform)
-
-
 @functools.cache
 def _registry() -> tuple[dict[str, Builder], dict[str, str]]:
     """(canonical id -> builder, lower-case alias -> canonical id); fine-grained sets come from ``fewshot``."""
-    builders = {**imagenet.BUILDERS, **fewshot.BUILDERS, **custom.BUILDERS, "world": build_world}
+    builders = {**imagenet.BUILDERS, **fewshot.BUILDERS, **custom.BUILDERS}
     aliases = {k.lower(): k for k in builders}
     aliases.update(imagenet.ALIASES)
     aliases.update(fewshot.ALIASES)
@@ -56,8 +47,9 @@ def _registry() -> tuple[dict[str, Builder], dict[str, str]]:
 
 
 def list_datasets() -> list[str]:
-    """Canonical dataset ids accepted by :func:`build_dataset` (case-insensitive; aliases also work)."""
-    return list(_registry()[0])
+    """Canonical dataset ids accepted by :func:`build_dataset` (case-insensitive; aliases also work; a provider
+    takes ``<provider>/<split>``)."""
+    return list(_registry()[0]) + [p for p in list_providers() if p not in _registry()[0]]
 
 
 def canonical_id(set_id: str) -> tuple[str, list[str]]:
@@ -65,13 +57,17 @@ def canonical_id(set_id: str) -> tuple[str, list[str]]:
     head, *rest = set_id.strip().replace("\\", "/").split("/")
     builders, aliases = _registry()
     key = aliases.get(head.lower())
+    if key is None and is_provider(head.lower()):
+        if len(rest) != 1:
+            raise DatasetIdError(f"dataset id {set_id!r}: the provider '{head.lower()}' takes one split, e.g. "
+                                 f"'{head.lower()}/val'")
+        return head.lower(), rest
     if key is None:
-        raise DatasetIdError(f"unknown dataset id {set_id!r}; valid ids: {', '.join(builders)} "
-                             "(case-insensitive; ImageNet-C as 'C/<corruption>/<severity>', the world as "
-                             "'world/<split>'; your own data: see README 'Bring your own model and data')")
-    if key == "world" and len(rest) != 1:
-        raise DatasetIdError(f"dataset id {set_id!r}: the world takes one split, e.g. 'world/val'")
-    if (rest and key not in ("C", "world")) or len(rest) > 2:
+        raise DatasetIdError(f"unknown dataset id {set_id!r}; valid ids: {', '.join(list_datasets())} "
+                             "(case-insensitive; ImageNet-C as 'C/<corruption>/<severity>', a provider's split as "
+                             "'<provider>/<split>', e.g. 'world/val'; your own data: see README 'Bring your own "
+                             "model and data')")
+    if (rest and key != "C") or len(rest) > 2:
         raise DatasetIdError(f"dataset id {set_id!r}: only ImageNet-C takes '/<corruption>/<severity>'")
     return key, rest
 
@@ -83,7 +79,8 @@ def build_dataset(set_id: str, data_root: str | Path, transform: Callable | None
     Args:
         set_id: official TPT/RLCF id (``I``, ``A``, ``V``, ``R``, ``K``, ``C/<corruption>/<severity>``,
             ``Caltech101``, ``DTD``, ``eurosat``, ``Flower102``, ``Food101``, ``Pets``, ``Cars``, ``SUN397``,
-            ``UCF101``, ``Aircraft``) or an alias, case-insensitive. See :func:`list_datasets`.
+            ``UCF101``, ``Aircraft``) or an alias, case-insensitive, or a provider's ``<provider>/<split>``
+            (``world/val``). See :func:`list_datasets`.
         data_root: folder holding the dataset folders (``imagenet-a/``, ``oxford_pets/``, ...).
         transform: callable applied to the RGB ``PIL.Image``.
         classnames_source: ``"openai"`` (default): CLIP's curated names for ImageNet sets, and the
@@ -102,18 +99,22 @@ def build_dataset(set_id: str, data_root: str | Path, transform: Callable | None
         DatasetLayoutError: the folder holds unknown class folders, or a split file is malformed.
     """
     key, rest = canonical_id(set_id)
+    builders = _registry()[0]
     if key == "C" and rest:
         parsed = dict(zip(("corruption", "severity"), rest, strict=False))
         clash = {k for k, v in parsed.items() if k in options and str(options[k]) != v}
         if clash:
             raise ValueError(f"dataset id {set_id!r} disagrees with the options {sorted(clash)}")
         options = {**options, **parsed}
-    if key == "world":
-        options = {**options, "split": rest[0]}
     root = Path(data_root).expanduser()
-    if key not in ("world", "list", "folder") and not root.is_dir():
+    if key not in builders:   # a provider's split
+        provider = get_provider(key)
+        if provider.classification is None:
+            raise DatasetIdError(f"dataset id {set_id!r}: the provider '{key}' has no classification sets")
+        return provider.classification(rest[0], root, transform=transform)
+    if key not in ("list", "folder") and not root.is_dir():
         raise MissingDataError(f"data root not found at '{root}' (building {set_id!r}); point data_root at the "
                                "folder that holds the dataset folders, e.g. <root>/imagenet-a/<wnid>/")
-    ds = _registry()[0][key](root, transform=transform, classnames_source=classnames_source, **options)
+    ds = builders[key](root, transform=transform, classnames_source=classnames_source, **options)
     logger.debug("built %r", ds)
     return ds
