@@ -4,7 +4,7 @@
 # mined neighbours as hard negatives, bidirectional contrastive reward (ViT-B/32), CLIP-space discriminator (0.94 /
 # 0.06) pre-trained first (2000 batches) then trained online, reward-weighted teacher forcing; evaluation preset
 # chaffin (beam 5, no repeated 3-grams, R@k both directions, Self-BLEU-5). The discriminator alone:
-# python -m tasks.caption_rl.pretrain_disc --config configs/caption_rl/gt_coco.yaml
+# python -m tasks.caption_rl.gt.pretrain_disc --config configs/caption_rl/gt_coco.yaml
 #
 #   bash scripts/train_rl_gt_coco.sh GPU_ID [key.sub=value ...]     # GPU_ID: 0, 1, ... or "cpu"
 #

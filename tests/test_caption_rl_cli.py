@@ -138,7 +138,8 @@ def test_train_cli_runs_resumes_and_exports(tmp_path):
 
 
 def test_discriminator_pretraining_command_then_training_from_it(tmp_path):
-    from tasks.caption_rl import pretrain_disc, train
+    from tasks.caption_rl import train
+    from tasks.caption_rl.gt import pretrain_disc
 
     d = tmp_path / "mini"
     _mini_set(d)
@@ -210,7 +211,7 @@ def test_vlrm_with_a_local_itm_model_end_to_end(tmp_path):
     tokenizer, image processor), the images loaded for it, sim = its positive ITM logit."""
     from transformers import BlipImageProcessor
 
-    from tasks.caption_rl.similarity import ITMSimilarity, load_blip2_itm
+    from tasks.caption_rl.vlrm.similarity import ITMSimilarity, load_blip2_itm
     from tasks.caption_rl.train import main
     from tasks.captioning.checkpoint import build_word_tokenizer
     from tasks.common.data import MissingDataError

@@ -7,15 +7,17 @@ from pathlib import Path
 import open_clip
 import pytest
 
-from tasks.caption_rl.config import DEFAULTS, build_recipe, dataclass_from, load_rl_config, loop_config
+from tasks.caption_rl.config import defaults, load_rl_config, loop_config
 from tasks.caption_rl.decoding import DECODING_PRESETS, resolve_decoding
-from tasks.caption_rl.gt_contrastive import GTContrastiveConfig
+from tasks.caption_rl.gt.recipe import GTContrastiveConfig
 from tasks.caption_rl.presets import load_named_clip, resolve_eval
-from tasks.caption_rl.vlrm import VLRMConfig
+from tasks.caption_rl.recipe import dataclass_from, get_recipe
+from tasks.caption_rl.vlrm.recipe import VLRMConfig
 from tasks.common.config import load_config
 from tasks.common.data import MissingDataError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "caption_rl"
+DEFAULTS = defaults()
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -23,12 +25,7 @@ def test_every_config_loads_and_resolves(path):
     cfg = load_rl_config(str(path))
     e = resolve_eval(cfg["eval"])
     resolve_decoding(e["decoding"], name="eval.decoding")
-    if cfg["recipe"] == "gt_contrastive":
-        g = cfg["gt"]
-        dataclass_from(GTContrastiveConfig, g, policy_decoding=g["decoding"]["policy"],
-                       baseline_decoding=g["decoding"]["baseline"])
-    else:
-        dataclass_from(VLRMConfig, cfg["vlrm"], rollout_decoding=cfg["vlrm"]["decoding"]["rollout"])
+    assert isinstance(get_recipe(cfg["recipe"]).options(cfg), (GTContrastiveConfig, VLRMConfig))
     assert loop_config(cfg["recipe"], cfg).steps == 5000
 
 
@@ -69,13 +66,14 @@ def test_vlrm_coco_is_the_paper_preset():
 
 
 def test_world_keeps_cpu_sizes_and_uses_the_presets():
-    from tasks.caption_rl.world import RECIPE_OVERRIDES, WORLD_CLIP_WEIGHT, WORLD_OVERRIDES
+    from tasks.caption_rl.vlrm.recipe import WORLD_CLIP_WEIGHT
+    from tasks.caption_rl.world import WORLD_OVERRIDES
 
-    vl = load_config(DEFAULTS, None, [*WORLD_OVERRIDES, *RECIPE_OVERRIDES["vlrm"]])
+    vl = load_config(DEFAULTS, None, [*WORLD_OVERRIDES, *get_recipe("vlrm").world_overrides])
     assert vl["optim"]["batch_size"] == 64 and vl["optim"]["micro_batch"] is None
     assert (vl["vlrm"]["sim"], vl["vlrm"]["clip_weight"]) == ("clip", WORLD_CLIP_WEIGHT)
     assert resolve_decoding(resolve_eval(vl["eval"])["decoding"]) == DECODING_PRESETS["vlrm_eval"]
-    gt = load_config(DEFAULTS, None, [*WORLD_OVERRIDES, *RECIPE_OVERRIDES["gt_contrastive"]])
+    gt = load_config(DEFAULTS, None, [*WORLD_OVERRIDES, *get_recipe("gt_contrastive").world_overrides])
     assert gt["data"]["rows"] == "caption" and gt["gt"]["disc_pretrain"]["steps"] > 0
     assert resolve_eval(gt["eval"])["self_bleu_n"] == 5
 
@@ -104,26 +102,60 @@ def test_named_clip_from_a_local_file(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_build_recipe_rejects_unknown_names():
+def test_unknown_recipe_names_are_refused():
     with pytest.raises(KeyError, match="unknown recipe 'ppo'"):
-        build_recipe("ppo", None, None, DEFAULTS)
+        get_recipe("ppo")
+    with pytest.raises(KeyError, match="unknown recipe 'ppo'"):
+        load_rl_config(None, ["recipe=ppo"])
     with pytest.raises(ValueError, match="data.rows"):
         load_rl_config(None, ["data.rows=pairs"])
 
 
-def test_keys_of_older_configs_say_where_they_moved(tmp_path):
-    """Configs written before the decoding presets fail with the key's new place, in a file or an override."""
+def test_an_unknown_key_lists_the_valid_ones():
     from tasks.common.data import UserError
 
-    old = tmp_path / "old.yaml"
-    old.write_text("gt: {num_beams: 5}\n")
-    with pytest.raises(UserError, match=r"'gt.num_beams' \(in .*old.yaml\) has moved: gt.decoding.policy.num_beams"):
-        load_rl_config(str(old))
-    with pytest.raises(UserError, match="has moved: vlrm.decoding.rollout.top_k"):
-        load_rl_config(None, ["vlrm.top_k=50"])
-    with pytest.raises(UserError, match="has moved: eval.decoding.num_beams"):
-        load_rl_config(None, ["eval.num_beams=3"])
-    with pytest.raises(UserError, match="old true is paper"):
-        load_rl_config(None, ["gt.gt_term=true"])
-    with pytest.raises(UserError, match="valid keys here"):          # an unknown key keeps the list of valid ones
+    with pytest.raises(UserError, match="valid keys here"):
         load_rl_config(None, ["gt.nope=1"])
+
+
+def test_recipes_register_themselves_and_own_their_section():
+    """Each recipe folder registers its class; the defaults, the loop options and the command lines take every
+    registered recipe by name, with no list of names anywhere (a new recipe is one folder)."""
+    from dataclasses import dataclass
+
+    from tasks.caption_rl import recipe as R
+    from tasks.caption_rl.world import ablations
+
+    assert R.load_recipes() == ["gt_contrastive", "vlrm", "vlrm_retrieval"]
+    assert all(get_recipe(n).name == n for n in R.list_recipes())
+    assert {"gt", "vlrm"} <= set(defaults()) and set(ablations()) == {"none", "no_disc", "no_gt", "no_ref",
+                                                                          "no_penalties"}
+
+    @dataclass
+    class FakeOptions:
+        depth: int = 3
+
+    @R.register_recipe("fake_recipe")
+    class Fake(R.Recipe):
+        section = "fake"
+        ablations = {"shallow": ["fake.depth=1"]}
+
+        @classmethod
+        def defaults(cls):
+            return R.plain_section(FakeOptions())
+
+        @classmethod
+        def negatives(cls, cfg):
+            return (2,)
+
+        @classmethod
+        def options(cls, cfg):
+            return R.dataclass_from(FakeOptions, cfg["fake"])
+
+    try:
+        cfg = load_rl_config(None, ["recipe=fake_recipe", "fake.depth=7"])
+        assert get_recipe(cfg["recipe"]).options(cfg) == FakeOptions(7)
+        assert loop_config("fake_recipe", cfg).negatives == (2,) and not loop_config("fake_recipe", cfg).need_captions
+        assert ablations()["shallow"] == ["fake.depth=1"]
+    finally:
+        R._RECIPES.pop("fake_recipe", None)

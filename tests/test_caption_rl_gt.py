@@ -9,17 +9,18 @@ import pytest
 import torch
 
 import rlcf
-from tasks.caption_rl.common import StepResult
-from tasks.caption_rl.config import DEFAULTS, prepare_captioner
+from tasks.caption_rl.recipe import StepResult
+from tasks.caption_rl.config import defaults, prepare_captioner
 from tasks.caption_rl.data import RLData, mine_hard_negatives
 from tasks.caption_rl.decoding import DecodingConfig
-from tasks.caption_rl.discriminator import CLIPDiscriminator, load_discriminator, save_discriminator
-from tasks.caption_rl.gt_contrastive import GTContrastiveConfig, GTContrastiveRecipe
+from tasks.caption_rl.gt.discriminator import CLIPDiscriminator, load_discriminator, save_discriminator
+from tasks.caption_rl.gt.recipe import GTContrastiveConfig, GTContrastiveRecipe
 from tasks.caption_rl.loop import LoopConfig, make_optimizer, train_rl, train_step
 from tasks.caption_rl.metrics import self_bleu_official, sentence_bleu
-from tasks.caption_rl.pretrain_disc import DiscPretrainConfig, pretrain_discriminator
+from tasks.caption_rl.gt.pretrain_disc import DiscPretrainConfig, pretrain_discriminator
 from tasks.captioning.checkpoint import tiny_captioner
 
+DEFAULTS = defaults()
 CAPTIONS = ["a red circle on a blue background", "a green square", "two yellow stars in the picture",
             "a photo of a small blue triangle", "an image of a red square", "three green circles"]
 REFS = [["a red circle", "a round red shape"], ["a green square", "green box", "a square"], ["two yellow stars"],
@@ -125,7 +126,8 @@ def test_discriminator_pretraining_save_and_reload(tmp_path, reward):
 
 
 def test_pretraining_stage_in_the_run_is_written_once_and_reused(tmp_path, reward):
-    from tasks.caption_rl.train import Setup, pretrained_discriminator
+    from tasks.caption_rl.gt.pretrain_disc import pretrained_discriminator
+    from tasks.caption_rl.recipe import Setup
 
     cfg = {**DEFAULTS, "gt": {**DEFAULTS["gt"], "disc_hidden": [16], "disc_lr": 1e-2,
                               "decoding": {"policy": {**DEFAULTS["gt"]["decoding"]["policy"], "num_beams": 2,

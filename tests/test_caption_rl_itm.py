@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rlcf
-from tasks.caption_rl.calibrate import (
+from tasks.caption_rl.vlrm.calibrate import (
     PAPER_TABLES_ITM,
     calibrated_clip_weight,
     measure_cos_spread,
@@ -20,8 +20,8 @@ from tasks.caption_rl.calibrate import (
 from tasks.caption_rl.data import RLData
 from tasks.caption_rl.decoding import DecodingConfig
 from tasks.caption_rl.rollout import generate_rollout, rollout_from_tokens
-from tasks.caption_rl.similarity import CLIPSimilarity, ITMSimilarity
-from tasks.caption_rl.vlrm import VLRMConfig, VLRMRecipe
+from tasks.caption_rl.vlrm.similarity import CLIPSimilarity, ITMSimilarity
+from tasks.caption_rl.vlrm.recipe import VLRMConfig, VLRMRecipe
 from tasks.captioning.checkpoint import build_word_tokenizer, tiny_captioner
 
 CAPTIONS = ["a red circle on a blue background", "a green square", "two yellow stars in the picture",

@@ -1,6 +1,5 @@
-"""LoRA through peft: checkpoints of the adapters round-trip, the former hand-written adapters' state converts to
-peft's (checked against the LoRA formula folded into the weights by hand), clear errors on mismatches, and the
-exported captioner is a plain one with the policy adapter merged."""
+"""LoRA through peft: checkpoints of the adapters round-trip (checked against the LoRA formula folded into the weights
+by hand), clear errors on mismatches, and the exported captioner is a plain one with the policy adapter merged."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 from tasks.caption_rl.loop import export_captioner, load_trainable_state, trainable_state
-from tasks.caption_rl.lora import add_lora, convert_legacy_lora_state, load_lora_state_dict, lora_state_dict, set_active
+from tasks.caption_rl.lora import add_lora, load_lora_state_dict, lora_state_dict, set_active
 from tasks.captioning.checkpoint import load_captioner, tiny_captioner, tiny_opt
 
 
@@ -21,46 +20,48 @@ def _one_thread():
 IDS = torch.tensor([[2, 5, 7, 9, 11, 4]])
 
 
-def _legacy_state(lm, adapters=("policy", "value"), r=2, seed=0):
-    """The former format: ``<module>.lora_A.<adapter>.weight [r, in]`` / ``lora_B [out, r]`` per wrapped layer."""
+def _trained(lm, seed=0):
+    """``lm`` with every LoRA parameter moved off its initialisation (a fresh adapter's ``B`` is zero)."""
     g = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, mod in lm.named_modules():
-        if name.endswith(("q_proj", "v_proj")):
-            for a in adapters:
-                state[f"{name}.lora_A.{a}.weight"] = torch.randn(r, mod.in_features, generator=g) * 0.3
-                state[f"{name}.lora_B.{a}.weight"] = torch.randn(mod.out_features, r, generator=g) * 0.3
-    return state
-
-
-def test_legacy_state_converts_to_peft_and_computes_the_same_function():
-    base = tiny_opt(30, hidden=16, layers=2, heads=2, ffn=32, seed=0)
-    legacy = _legacy_state(base)
-    conv = convert_legacy_lora_state(legacy)
-    assert sorted(conv) == ["policy", "value"]
-    assert "base_model.model.model.decoder.layers.1.self_attn.v_proj.lora_B.weight" in conv["policy"]
-    folded = copy.deepcopy(base)                                         # W + (alpha / r) B A, by hand
     with torch.no_grad():
+        for n, p in lm.named_parameters():
+            if ".lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return lm
+
+
+def test_adapter_state_round_trips_and_computes_the_lora_formula():
+    base = tiny_opt(30, hidden=16, layers=2, heads=2, ffn=32, seed=0)
+    folded = copy.deepcopy(base)
+    lm = _trained(add_lora(base, ("q_proj", "v_proj"), ("policy", "value"), r=2, alpha=4))
+    state = lora_state_dict(lm)
+    assert sorted(state) == ["policy", "value"]
+    assert "base_model.model.model.decoder.layers.1.self_attn.v_proj.lora_B.weight" in state["policy"]
+    with torch.no_grad():                                                # W + (alpha / r) B A, by hand
         for name, mod in folded.named_modules():
             if name.endswith(("q_proj", "v_proj")):
-                mod.weight += (4 / 2) * legacy[f"{name}.lora_B.policy.weight"] @ legacy[f"{name}.lora_A.policy.weight"]
-    lm = add_lora(base, ("q_proj", "v_proj"), ("policy", "value"), r=2, alpha=4)
-    load_lora_state_dict(lm, legacy)                                     # converted on the fly
-    set_active(lm, ("policy",))
-    torch.testing.assert_close(lm(input_ids=IDS).logits, folded(input_ids=IDS).logits, atol=1e-5, rtol=1e-5)
-    with pytest.raises(KeyError, match="not a legacy LoRA key"):
-        convert_legacy_lora_state({"model.decoder.x.weight": torch.zeros(1)})
+                key = f"base_model.model.{name}.lora_{{}}.weight"
+                mod.weight += (4 / 2) * state["policy"][key.format("B")] @ state["policy"][key.format("A")]
+    other = add_lora(tiny_opt(30, hidden=16, layers=2, heads=2, ffn=32, seed=0), ("q_proj", "v_proj"),
+                     ("policy", "value"), r=2, alpha=4)
+    load_lora_state_dict(other, state)
+    set_active(other, ("policy",))
+    torch.testing.assert_close(other(input_ids=IDS).logits, folded(input_ids=IDS).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_mismatches_are_clear_errors():
     lm = add_lora(tiny_opt(30, hidden=16, layers=1, heads=2, ffn=32, seed=0), adapters=("policy",), r=2, alpha=4)
+
+    def state_of(adapters, r):
+        return lora_state_dict(add_lora(tiny_opt(30, hidden=16, layers=1, heads=2, ffn=32), adapters=adapters, r=r))
+
     with pytest.raises(KeyError, match="adapters differ.*captioner.lora"):
-        load_lora_state_dict(lm, _legacy_state(tiny_opt(30, hidden=16, layers=1, heads=2, ffn=32), ("policy", "value")))
+        load_lora_state_dict(lm, state_of(("policy", "value"), 2))
     with pytest.raises(ValueError, match="captioner.lora.r"):
-        load_lora_state_dict(lm, _legacy_state(tiny_opt(30, hidden=16, layers=1, heads=2, ffn=32), ("policy",), r=4))
+        load_lora_state_dict(lm, state_of(("policy",), 4))
 
 
-def test_trainable_state_round_trip_and_legacy_resume(tmp_path):
+def test_trainable_state_round_trip_and_export(tmp_path):
     texts = ["a red circle", "a green square", "two stars"]
 
     def make():
@@ -79,13 +80,6 @@ def test_trainable_state_round_trip_and_legacy_resume(tmp_path):
     load_trainable_state(other, state)
     x = torch.randn(2, 8)
     assert other.generate(x, 2) == cap.generate(x, 2)
-    # an old rl-latest.pt: the LoRA part in the former flat format
-    legacy = {k.replace("base_model.model.", "").replace(".lora_A.weight", f".lora_A.{a}.weight")
-              .replace(".lora_B.weight", f".lora_B.{a}.weight"): v
-              for a, sd in state["lora"].items() for k, v in sd.items()}
-    old = make()
-    load_trainable_state(old, {"mapper": state["mapper"], "lora": legacy})
-    assert old.generate(x, 2) == cap.generate(x, 2)
     # export: a plain captioner whose LM has the policy adapter folded in
     export_captioner(cap, tmp_path / "captioner-rl.pt")
     plain = load_captioner(tmp_path / "captioner-rl.pt")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from tasks.caption_rl.bad_phrases import TABLE1_BAD_PHRASES, VLRM_BAD_PHRASES
-from tasks.caption_rl.penalties import PenaltyRules, decode_pieces, token_spans, vlrm_returns
+from tasks.caption_rl.vlrm.bad_phrases import TABLE1_BAD_PHRASES, VLRM_BAD_PHRASES
+from tasks.caption_rl.vlrm.penalties import PenaltyRules, decode_pieces, token_spans, vlrm_returns
 
 TABLE1 = "an image of a man in green shirt and green shirt is talking about a car".split()
 #                 an image of  a  man in green shirt and green shirt is talking about a  car eos

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tasks.caption_rl.contrastive import bidirectional_contrastive_reward, normalized_contrastive_term
-from tasks.caption_rl.discriminator import CLIPDiscriminator, discriminator_step
+from tasks.caption_rl.gt.discriminator import CLIPDiscriminator, discriminator_step
 
 # 3 texts (policy caption of image 0, its ground truth, a greedy caption of image 1) x 2 images
 SIM = torch.tensor([[0.30, 0.10],

@@ -8,10 +8,10 @@ import torch
 import rlcf
 from tasks.caption_rl.data import RLData, mine_hard_negatives
 from tasks.caption_rl.decoding import DecodingConfig
-from tasks.caption_rl.gt_contrastive import GTContrastiveConfig, GTContrastiveRecipe
+from tasks.caption_rl.gt.recipe import GTContrastiveConfig, GTContrastiveRecipe
 from tasks.caption_rl.loop import LoopConfig, make_optimizer, train_rl, train_step
 from tasks.caption_rl.lora import add_lora
-from tasks.caption_rl.vlrm import VLRMConfig, VLRMRecipe
+from tasks.caption_rl.vlrm.recipe import VLRMConfig, VLRMRecipe
 from tasks.captioning.checkpoint import load_captioner, tiny_captioner
 
 CAPTIONS = ["a red circle on a blue background", "a green square", "two yellow stars in the picture",
@@ -82,7 +82,7 @@ def test_gt_contrastive_step_updates_mapper_and_discriminator_only(reward):
 def test_gt_term_uses_the_ground_truth_rewards_and_logprobs(reward):
     """The second loss term is the GT captions' own reward-weighted teacher forcing, not the policy term again
     (the published code's bug)."""
-    from tasks.caption_rl.common import encode_reward_texts
+    from tasks.caption_rl.recipe import encode_reward_texts
     from tasks.caption_rl.contrastive import bidirectional_contrastive_reward, cosine_matrix
     from tasks.caption_rl.rollout import forward_tokens, generate_rollout, rollout_from_texts, sequence_mean_logprob
 

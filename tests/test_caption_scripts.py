@@ -90,7 +90,7 @@ def test_every_download_hint_uses_the_installed_hub_cli(tmp_path):
                 if re.search(r"huggingface-cli\s+download|\bhf download", text):
                     offenders.append(str(f.relative_to(REPO)))
     assert offenders == []
-    from tasks.caption_rl.similarity import ITM_HINT
+    from tasks.caption_rl.vlrm.similarity import ITM_HINT
 
     assert f"`{cli} download Salesforce/blip2-itm-vit-g --local-dir /m`" in ITM_HINT.format(path="/m")
     env = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "ITM")}

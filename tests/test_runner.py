@@ -122,17 +122,14 @@ def test_config_overrides_are_type_checked():
         apply_overrides(d, ["a=text"])
 
 
-def test_the_old_adapt_extra_key_says_where_it_moved(tmp_path):
-    """``adapt.extra`` (before per-method options were typed) fails with the new key, from an override or a file."""
+def test_method_options_go_in_adapt_options():
+    """A method's own options are ``adapt.options``; any other ``adapt`` key is unknown and the error lists the valid
+    ones."""
     from tasks.classification.task import DEFAULTS
     from tasks.common.config import ConfigKeyError
 
-    with pytest.raises(ConfigKeyError, match=r"'adapt.extra.ctpt_lambda' \(in the overrides\) has moved: .*adapt.options"):
-        load_config(DEFAULTS, None, ["adapt.extra.ctpt_lambda=50"])
-    old = tmp_path / "old.yaml"
-    old.write_text("method: ctpt\nadapt: {extra: {ctpt_lambda: 50}}\n")
-    with pytest.raises(ConfigKeyError, match=r"'adapt.extra' \(in .*old.yaml\) has moved: .*adapt.options.ctpt_lambda"):
-        load_config(DEFAULTS, old)
+    with pytest.raises(ConfigKeyError, match=r"'adapt.extra'; valid keys here: \[.*'options'"):
+        load_config(DEFAULTS, None, ["adapt.extra=50"])
     assert load_config(DEFAULTS, None, ["adapt.options.ctpt_lambda=50"])["adapt"]["options"] == {"ctpt_lambda": 50}
 
 

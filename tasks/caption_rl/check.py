@@ -17,7 +17,7 @@ __all__ = ["problems", "main"]
 
 
 def problems(cfg: dict) -> list[str]:
-    """Problems of the data of a caption RL config (:data:`tasks.caption_rl.config.DEFAULTS` keys)."""
+    """Problems of the data of a caption RL config (:func:`tasks.caption_rl.config.defaults` keys)."""
     d, e = cfg["data"], cfg["eval"]
     out = data_problems(d["annotations"], d["images_root"], d["split"], what="training data")
     if e["enabled"]:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import Batch
+from .recipe import Batch
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from tasks.captioning.model import PrefixCaptioner
 from tasks.common.progress import TrainProgress
 
 from .a2c import assign_isolated_grads, warmup_constant_schedule
-from .common import Batch, Recipe
+from .recipe import Batch, Recipe
 from .data import RLData
 from .lora import is_lora, load_lora_state_dict, lora_state_dict, merge_lora
 
@@ -131,7 +131,7 @@ def trainable_state(captioner: PrefixCaptioner) -> dict[str, Any]:
 
 
 def load_trainable_state(captioner: PrefixCaptioner, state: dict[str, Any]) -> None:
-    """Inverse of :func:`trainable_state`; a LoRA state of the former hand-written adapters is converted."""
+    """Inverse of :func:`trainable_state`."""
     captioner.mapper.load_state_dict(state["mapper"])
     if state.get("lm") is not None:
         captioner.lm.load_state_dict(state["lm"], strict=False)

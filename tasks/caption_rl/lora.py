@@ -16,8 +16,6 @@ would freeze an adapter the optimiser still trains, so :func:`set_active` restor
 captioner checkpoint).
 
 Checkpoints store each adapter as ``peft.get_peft_model_state_dict`` gives it (:func:`lora_state_dict`).
-:func:`convert_legacy_lora_state` converts the state of this toolkit's former hand-written adapters
-(keys ``<module>.lora_A.<adapter>.weight``), so old ``rl-latest.pt`` files still resume.
 """
 from __future__ import annotations
 
@@ -31,13 +29,7 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["add_lora", "is_lora", "adapter_names", "lora_parameters", "set_active", "active_adapters",
-           "merge_lora", "strip_lora", "lora_state_dict", "load_lora_state_dict", "convert_legacy_lora_state",
-           "LEGACY_HINT"]
-
-_LEGACY = re.compile(r"^(?P<path>.+)\.lora_(?P<ab>[AB])\.(?P<name>[^.]+)\.weight$")
-LEGACY_HINT = ("This looks like a LoRA state of the former hand-written adapters (keys '<module>.lora_A.<adapter>."
-               "weight'); convert it with tasks.caption_rl.lora.convert_legacy_lora_state(state), which "
-               "load_lora_state_dict does by itself for a dict of that form.")
+           "merge_lora", "strip_lora", "lora_state_dict", "load_lora_state_dict"]
 
 
 def is_lora(module: nn.Module) -> bool:
@@ -139,37 +131,11 @@ def lora_state_dict(module: nn.Module) -> dict[str, dict[str, Tensor]]:
             for name in adapter_names(module)}
 
 
-def convert_legacy_lora_state(state: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-    """Former hand-written adapters' state (``<module>.lora_A.<adapter>.weight``, ``<module>`` relative to the LM)
-    -> :func:`lora_state_dict`'s form (peft keys ``base_model.model.<module>.lora_A.weight`` per adapter).
-
-    The former layers computed ``base(x) + (alpha / r) * B_a(A_a(x))`` with ``A`` of shape ``[r, in]`` and ``B``
-    ``[out, r]``, exactly peft's LoRA without dropout, so the weights carry over unchanged.
-
-    Raises:
-        KeyError: a key that is not of the legacy form (the message says what was expected).
-    """
-    out: dict[str, dict[str, Tensor]] = {}
-    for key, value in state.items():
-        m = _LEGACY.match(key)
-        if m is None:
-            raise KeyError(f"'{key}' is not a legacy LoRA key ('<module>.lora_A.<adapter>.weight')")
-        out.setdefault(m["name"], {})[f"base_model.model.{m['path']}.lora_{m['ab']}.weight"] = value
-    return out
-
-
-def _is_legacy(state: dict[str, Any]) -> bool:
-    return bool(state) and all(isinstance(v, Tensor) for v in state.values())
-
-
 def load_lora_state_dict(module: nn.Module, state: dict[str, Any]) -> None:
-    """Load :func:`lora_state_dict` output (or a legacy flat state, converted with a log line) into a module carrying
-    the same adapters; missing or unexpected adapters or keys are an error naming them."""
+    """Load :func:`lora_state_dict` output into a module carrying the same adapters; missing or unexpected adapters
+    or keys are an error naming them."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    if _is_legacy(state):
-        logger.info("converting a legacy (hand-written) LoRA state of %d tensors to peft's format", len(state))
-        state = convert_legacy_lora_state(state)
     have = adapter_names(module)
     if set(have) != set(state):
         raise KeyError(f"LoRA adapters differ: the model has {sorted(have)}, the checkpoint {sorted(state)} "

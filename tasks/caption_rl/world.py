@@ -1,13 +1,15 @@
 """Caption RL in the embedded world, on CPU in minutes, with the papers' presets and the ablation switches.
 
 ``python -m tasks.caption_rl.world --recipe gt_contrastive|vlrm|vlrm_retrieval [--ablation NAME] [--quick]
-[key.sub=value ...]`` (``--out-dir output/world_caption_rl/<recipe>-<ablation>``):
+[key.sub=value ...]`` (``--out-dir output/world_caption_rl/<recipe>-<ablation>``; each recipe's world settings and
+ablations are its own: ``Recipe.world_overrides``, ``Recipe.ablations``):
 
 1. world ``train`` images and captions; a tiny ClipCap trained on them with the world *policy* CLIP
    (:func:`tasks.captioning.world_demo.train_world_captioner`, cached in ``<out>/captioner``; ``--captioner PATH``
    reuses one, e.g. the caption demo's ``output/world_caption/captioner/ckpt-latest.pt``);
-2. ``gt_contrastive``: one row per ground-truth caption (``data.rows=caption``) and discriminator pre-training
-   (:mod:`.pretrain_disc`) as the first stage;
+2. what the recipe needs (:meth:`.recipe.Recipe.needs`); ``gt_contrastive``: mined hard negatives, one row per
+   ground-truth caption (``data.rows=caption``) and discriminator pre-training (:mod:`.gt.pretrain_disc`) as the
+   first stage;
 3. RL with the recipe and the world *reward* CLIP; the tiny LM stays frozen (``captioner.train_lm=true``: trained
    too), the mapper is trained;
 4. before / after on a clean held-out split (``val``) with the recipe's evaluation preset (``chaffin``: beam 5, no
@@ -16,22 +18,21 @@
    ``results.json`` and ``results.md``.
 
 Paper presets used as they are: the decoding presets of both recipes (rollouts, greedy baseline, evaluation), one
-row per caption, discriminator warm start, the GT term, the baseline-free contrastive reward (``gt.baseline=none``;
-before the presets, with one random caption per image and a randomly initialised discriminator, it collapsed the
-captioner here, t2i R@1 0.215 -> 0.050, and the world used ``gt.baseline=batch``; with them it no longer does, see
-the README), VLRM's A2C settings. Where the world differs (tiny models, batches of 64 instead of thousands, no
-BLIP-2 ITM nor ViT-g / ViT-bigG here):
+row per caption, discriminator warm start, the GT term, the baseline-free contrastive reward (``gt.baseline=none``),
+VLRM's A2C settings. Where the world differs (tiny models, batches of 64 instead of thousands, no BLIP-2 ITM nor
+ViT-g / ViT-bigG here):
 
-* ``vlrm.sim=clip`` with ``clip_weight`` = :data:`WORLD_CLIP_WEIGHT`, measured by :mod:`.calibrate` (the world
-  reward CLIP's within-image spread over sampled captions matched to the ITM spread of the paper's Tables 4-5);
+* ``vlrm.sim=clip`` with ``clip_weight`` = :data:`.vlrm.recipe.WORLD_CLIP_WEIGHT`, measured by :mod:`.vlrm.calibrate`
+  (the world reward CLIP's within-image spread over sampled captions matched to the ITM spread of the paper's
+  Tables 4-5);
   ``Phi`` (VLRM-RS) from the reward CLIP; evaluation with the world filter CLIP;
 * ``optim.value_lr=1e-3``: at lr 1e-4 the value head takes ~100 steps to learn the mean return, and until then the
   advantages are its errors;
 * the reference is the frozen initial *captioner* (the tiny LM never saw text without an image prefix);
 * mapper learning rate 1e-4, smaller discriminator and value head, 100 discriminator pre-training steps.
 
-Ablations: ``no_disc`` (no discriminator term), ``no_gt`` (``gt.gt_term=none``), ``no_ref`` (VLRM without the
-reference term), ``no_penalties`` (VLRM without bad-phrase / repeat / no-EOS penalties).
+Ablations (the recipe's own): ``no_disc`` (no discriminator term), ``no_gt`` (``gt.gt_term=none``), ``no_ref``
+(VLRM without the reference term), ``no_penalties`` (VLRM without bad-phrase / repeat / no-EOS penalties).
 """
 from __future__ import annotations
 
@@ -48,40 +49,24 @@ import rlcf
 
 from ..captioning.world_demo import load_world_model, train_world_captioner, world_split
 from ..common.config import dump_config, load_config
-from .config import DEFAULTS, RECIPES, build_recipe, loop_config, prepare_captioner
+from .config import defaults, loop_config, prepare_captioner
 from .data import RLData, mine_hard_negatives
 from .decoding import resolve_decoding
 from .evaluate import EvalSet, make_evaluator
 from .loop import train_rl
 from .presets import resolve_eval
+from .recipe import Setup, get_recipe, load_recipes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ABLATIONS", "WORLD_OVERRIDES", "RECIPE_OVERRIDES", "WORLD_CLIP_WEIGHT", "embed_images", "main"]
+__all__ = ["WORLD_OVERRIDES", "ablations", "embed_images", "main"]
 
-ABLATIONS: dict[str, list[str]] = {
-    "none": [],
-    "no_disc": ["gt.discriminator=false"],
-    "no_gt": ["gt.gt_term=none"],
-    "no_ref": ["vlrm.use_ref=false"],
-    "no_penalties": ["vlrm.penalties.bad=false", "vlrm.penalties.repeat=false", "vlrm.noeos=false"],
-}
-#: ``clip_weight`` of the world's CLIP ``sim``, measured by ``python -m tasks.caption_rl.calibrate --images 256 --k 8
-#: --captioner <the --quick run's supervised captioner>`` with the world models of issue 15: the world reward CLIP's
-#: ``max(cos, 0)`` spreads by 0.2446 across 8 sampled captions of an image (mean over 256 train images), the paper's
-#: ITM logit by 1.3837 (Tables 4-5), so 1.3837 / 0.2446 = 5.66, rounded to 5.7 (the world models before issue 15:
-#: 5.9).
-WORLD_CLIP_WEIGHT = 5.7
+#: the world's sizes and settings of every recipe (each recipe adds its own: ``Recipe.world_overrides``)
 WORLD_OVERRIDES = ["captioner.max_new_tokens=20", "gt.disc_hidden=[128, 64]", "gt.disc_lr=1e-3",
                    "gt.disc_pretrain.steps=100", "gt.disc_pretrain.batch_size=64",
                    "vlrm.value_width=128", "vlrm.ref_mode=captioner", "optim.lr=1e-4",
                    "optim.value_lr=1e-3", "optim.batch_size=64", "optim.warmup=20", "optim.clip_grad=1.0",
                    "optim.log_every=10", "optim.save_every=100", "data.rows=caption"]
-RECIPE_OVERRIDES: dict[str, list[str]] = {
-    "gt_contrastive": ["eval.preset=chaffin"],
-    "vlrm": ["eval.preset=vlrm", "vlrm.sim=clip", f"vlrm.clip_weight={WORLD_CLIP_WEIGHT}"],
-    "vlrm_retrieval": ["eval.preset=vlrm", "vlrm.sim=clip", f"vlrm.clip_weight={WORLD_CLIP_WEIGHT}"],
-}
 
 
 @torch.no_grad()
@@ -104,12 +89,22 @@ def _claim_out_dir(out: Path, cfg: dict) -> None:
     dump_config(cfg, path)
 
 
-def _check_ablation(recipe: str, ablation: str) -> None:
-    if ablation not in ABLATIONS:
-        raise KeyError(f"unknown ablation '{ablation}'; choose from {sorted(ABLATIONS)}")
-    gt_only, vlrm_only = {"no_disc", "no_gt"}, {"no_ref", "no_penalties"}
-    if (recipe == "gt_contrastive" and ablation in vlrm_only) or (recipe != "gt_contrastive" and ablation in gt_only):
+def ablations() -> dict[str, list[str]]:
+    """Every ablation of the registered recipes (``none``: none), with its overrides."""
+    out: dict[str, list[str]] = {"none": []}
+    for name in load_recipes():
+        out.update(get_recipe(name).ablations)
+    return out
+
+
+def _ablation_overrides(recipe: str, ablation: str) -> list[str]:
+    known = ablations()
+    if ablation not in known:
+        raise KeyError(f"unknown ablation '{ablation}'; choose from {sorted(known)}")
+    own = {"none": [], **get_recipe(recipe).ablations}
+    if ablation not in own:
         raise ValueError(f"ablation '{ablation}' does not apply to recipe '{recipe}'")
+    return own[ablation]
 
 
 def _markdown(res: dict) -> str:
@@ -132,8 +127,8 @@ def _markdown(res: dict) -> str:
 def main(argv: Sequence[str] | None = None, world: Any = None) -> dict:
     """CLI (see the module docstring); ``world`` overrides the ``WorldConfig`` (tests: tiny split sizes)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", choices=RECIPES, default="gt_contrastive")
-    ap.add_argument("--ablation", default="none", help=f"one of {sorted(ABLATIONS)}")
+    ap.add_argument("--recipe", choices=load_recipes(), default="gt_contrastive")
+    ap.add_argument("--ablation", default="none", help=f"one of {sorted(ablations())} (the recipe's own)")
     ap.add_argument("--quick", action="store_true", help="small sizes (minutes on 1-2 CPU cores)")
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--data-root", default="data/world")
@@ -151,14 +146,15 @@ def main(argv: Sequence[str] | None = None, world: Any = None) -> dict:
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides of tasks.caption_rl.train.DEFAULTS")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _check_ablation(args.recipe, args.ablation)
+    recipe = get_recipe(args.recipe)
+    ablation = _ablation_overrides(args.recipe, args.ablation)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     n_train = args.n_train or (2000 if args.quick else 8000)
     n_eval = args.n_eval or (200 if args.quick else 500)
     steps = args.steps or (150 if args.quick else 600)
     out = Path(args.out_dir or f"output/world_caption_rl/{args.recipe}-{args.ablation}{'-quick' if args.quick else ''}")
-    cfg = load_config(DEFAULTS, None, [*WORLD_OVERRIDES, *RECIPE_OVERRIDES[args.recipe], *ABLATIONS[args.ablation],
+    cfg = load_config(defaults(), None, [*WORLD_OVERRIDES, *recipe.world_overrides, *ablation,
                                        f"optim.steps={steps}", f"run.seed={args.seed}", f"run.out_dir={out}",
                                        *args.overrides])
     cfg["recipe"] = args.recipe
@@ -182,32 +178,29 @@ def main(argv: Sequence[str] | None = None, world: Any = None) -> dict:
     captioner.configure(max_new_tokens=cfg["captioner"]["max_new_tokens"])
     reward_feats = torch.nn.functional.normalize(embed_images(rclip, rpre, train.images), dim=-1)
     nb = None
-    gt = args.recipe == "gt_contrastive"
-    if gt:
+    needs = recipe.needs(cfg, dev)
+    if needs.extra_clips or needs.pixel_transform is not None:
+        raise ValueError("the embedded-world run computes no extra image features: use vlrm.sim=clip and no vlrm.phi")
+    if needs.neighbours:
         with torch.no_grad():
             keys = rclip.encode_text(rtok([c[0] for c in train.captions])).float()
-        nb = mine_hard_negatives(reward_feats, keys, num=int(cfg["data"]["neighbours"]))
+        nb = mine_hard_negatives(reward_feats, keys, num=needs.neighbours)
     data = RLData(embed_images(pclip, ppre, train.images), reward_feats, train.captions, nb, train.ids)
-    if gt and cfg["data"]["rows"] == "caption":
+    if needs.caption_rows:
         data = data.caption_rows()
     held = world_split(args.eval_split, n_eval, args.data_root, world=world)
     eval_set = EvalSet(embed_images(pclip, ppre, held.images), embed_images(eclip, epre, held.images), held.captions,
                        held.ids)
     captioner = prepare_captioner(captioner, cfg["captioner"], args.recipe)
     reward = rlcf.CLIPReward(rclip, rtok)
-    disc = None
-    if gt and cfg["gt"]["discriminator"]:
-        from .train import Setup, pretrained_discriminator
-
-        disc = pretrained_discriminator(Setup(cfg, data, captioner, reward, None, None, out), cfg)
-    recipe = build_recipe(args.recipe, captioner, reward, cfg, discriminator=disc)
+    trainer = recipe.from_config(cfg, Setup(cfg, data, captioner, reward, None, None, out, needs))
     e = resolve_eval(cfg["eval"])
     evaluate = make_evaluator(captioner, eval_set, eclip, etok, out, resolve_decoding(e["decoding"], name="eval"),
                               metric_options={"tokenizer": "simple", "meteor": False}, self_bleu_n=e["self_bleu_n"],
                               strip_periods=bool(e["strip_periods"]))
     before = evaluate(0)
     lcfg = loop_config(args.recipe, cfg)
-    train_rl(recipe, data, lcfg, out, evaluate=evaluate)
+    train_rl(trainer, data, lcfg, out, evaluate=evaluate)
     evals = [json.loads(x) for x in (out / "eval_log.jsonl").read_text().splitlines()]
     after = [row for row in evals if row["step"] == lcfg.steps][-1]    # a rerun appends another step-0 entry
     caps0 = json.loads((out / "captions-step0.json").read_text())

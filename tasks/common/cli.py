@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .config import dump_config, load_config
 from .data import UserError
 
-__all__ = ["Unit", "main", "setup_logging", "run_units", "run_main", "PROJECT_LOGGERS"]
+__all__ = ["Unit", "main", "setup_logging", "run_units", "run_main", "parse_command_line", "PROJECT_LOGGERS"]
 
 logger = logging.getLogger("tasks")
 PROJECT_LOGGERS = ("tasks", "rlcf")
@@ -102,13 +102,7 @@ def main(argv: Sequence[str] | None, *, description: str, defaults: dict, units:
 
     Returns ``{unit name: summary}`` (empty on other ranks); exits with code 2 on a :class:`UserError`.
     """
-    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML file of deltas over the defaults (configs/<task>/*.yaml)")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. adapt.steps=1 run.limit=10")
-    ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
-    ap.add_argument("--debug", action="store_true", help="full tracebacks for expected errors")
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse_command_line(argv, description)
     with expected_errors(args.debug):
         from .runner import init_distributed
 
@@ -120,6 +114,24 @@ def main(argv: Sequence[str] | None, *, description: str, defaults: dict, units:
         if results and finish is not None:
             finish(cfg, results)
         return results
+
+
+def parse_command_line(argv: Sequence[str] | None, description: str,
+                       config_help: str = "YAML file of deltas over the defaults (configs/<task>/*.yaml)",
+                       overrides_help: str = "key.sub=value overrides, e.g. adapt.steps=1 run.limit=10",
+                       add_arguments: Callable[[argparse.ArgumentParser], Any] | None = None) -> argparse.Namespace:
+    """Parse ``[--config C.yaml] [key.sub=value ...] [--verbose] [--debug]`` (and a command's own options, added by
+    ``add_arguments``) and set up logging (:func:`setup_logging`)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add_arguments is not None:
+        add_arguments(ap)
+    ap.add_argument("--config", help=config_help)
+    ap.add_argument("overrides", nargs="*", help=overrides_help)
+    ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
+    ap.add_argument("--debug", action="store_true", help="full tracebacks for expected errors")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+    return args
 
 
 def report_problems(find: Callable[[], list[str]]) -> int:

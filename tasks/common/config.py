@@ -55,10 +55,8 @@ def expand_env(value: Any) -> Any:
 
 
 def _unknown(key: str, valid: list | None, why: str = "") -> ConfigKeyError:
-    e = ConfigKeyError(f"unknown config key '{key}'" + (f" ({why})" if why else "")
-                       + (f"; valid keys here: {valid}" if valid is not None else ""))
-    e.key = key
-    return e
+    return ConfigKeyError(f"unknown config key '{key}'" + (f" ({why})" if why else "")
+                          + (f"; valid keys here: {valid}" if valid is not None else ""))
 
 
 def merge(base: Mapping[str, Any], delta: Mapping[str, Any], path: str = "", strict: bool = True) -> dict:
@@ -124,28 +122,13 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
     return cfg
 
 
-#: keys of every task's older configs (and their sub-keys) -> where they went
-MOVED = {"adapt.extra": "per-method options are typed now: adapt.options (e.g. adapt.options.ctpt_lambda=50 for "
-                        "C-TPT; each method's Options dataclass lists its fields)"}
-
-
 def load_config(defaults: Mapping[str, Any], path: str | Path | None = None,
-                overrides: Sequence[str] = (), moved: Mapping[str, str] | None = None) -> dict:
+                overrides: Sequence[str] = ()) -> dict:
     """``defaults`` <- YAML file (may say ``base: other.yaml``, relative to it) <- overrides.
 
-    String values may use ``${NAME:-default}`` environment variables (expanded last). ``moved`` maps keys of
-    older configs to where they went (a sentence): such a key fails with that sentence instead of the list of
-    valid keys.
+    String values may use ``${NAME:-default}`` environment variables (expanded last).
     """
-    moved = {**MOVED, **(moved or {})}
-    try:
-        return _load_config(defaults, path, overrides)
-    except ConfigKeyError as e:
-        key = getattr(e, "key", None) or ""
-        old = next((m for m in moved if key == m or key.startswith(m + ".")), None)
-        if old is not None:
-            raise ConfigKeyError(f"config key '{key}' (in {path or 'the overrides'}) has moved: {moved[old]}") from None
-        raise
+    return _load_config(defaults, path, overrides)
 
 
 def _load_config(defaults: Mapping[str, Any], path: str | Path | None, overrides: Sequence[str]) -> dict:

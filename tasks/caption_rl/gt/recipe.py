@@ -32,11 +32,13 @@ from torch import nn
 from rlcf import CLIPReward, compute_advantages, reinforce_logprob
 from tasks.captioning.model import PrefixCaptioner
 
-from .common import Batch, StepResult, detach_stats, encode_reward_texts, policy_parameters
-from .contrastive import bidirectional_contrastive_reward, cosine_matrix
-from .decoding import DecodingConfig, resolve_decoding
+from ..contrastive import bidirectional_contrastive_reward, cosine_matrix
+from ..decoding import DecodingConfig, resolve_decoding
+from ..recipe import (Batch, Needs, Recipe, Setup, StepResult, dataclass_from, decoding_section, detach_stats,
+                      encode_reward_texts, plain_section, policy_parameters, register_recipe)
+from ..rollout import forward_tokens, generate_rollout, rollout_from_texts, sequence_mean_logprob
 from .discriminator import CLIPDiscriminator, discriminator_step
-from .rollout import forward_tokens, generate_rollout, rollout_from_texts, sequence_mean_logprob
+from .pretrain_disc import DiscPretrainConfig, pretrained_discriminator
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +98,9 @@ class GTContrastiveConfig:
         self.baseline_decoding = resolve_decoding(self.baseline_decoding, "chaffin_baseline", "gt.decoding.baseline")
 
 
-class GTContrastiveRecipe:
-    """Recipe object for :mod:`tasks.caption_rl.loop` (see the module docstring).
+@register_recipe("gt_contrastive")
+class GTContrastiveRecipe(Recipe):
+    """Recipe object for :mod:`tasks.caption_rl.loop` (see the module docstring); config section ``gt``.
 
     Args:
         captioner: the policy (its trainable parameters: mapper, LM if trained, policy adapters).
@@ -105,6 +108,41 @@ class GTContrastiveRecipe:
         config: recipe options.
         embed_dim: reward-CLIP embedding size (for the discriminator; inferred from ``reward`` if ``None``).
     """
+
+    section = "gt"
+    needs_captions = True
+    ablations = {"no_disc": ["gt.discriminator=false"], "no_gt": ["gt.gt_term=none"]}
+    world_overrides = ["eval.preset=chaffin"]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {**plain_section(GTContrastiveConfig(), drop=("policy_decoding", "baseline_decoding")),
+                "decoding": {"policy": decoding_section("chaffin_policy"),
+                             "baseline": decoding_section("chaffin_baseline")},
+                "disc_pretrain": plain_section(DiscPretrainConfig()), "disc_checkpoint": None}
+
+    @classmethod
+    def needs(cls, cfg: dict, device: torch.device) -> Needs:
+        """Mined hard-negative neighbours (``data.neighbours``), one row per caption with ``data.rows=caption``."""
+        return Needs(neighbours=int(cfg["data"]["neighbours"]), caption_rows=cfg["data"]["rows"] == "caption")
+
+    @classmethod
+    def negatives(cls, cfg: dict) -> tuple[int, ...]:
+        return tuple(cfg["gt"]["negatives"])
+
+    @classmethod
+    def options(cls, cfg: dict) -> GTContrastiveConfig:
+        """The ``gt`` section as the recipe's options."""
+        g = cfg["gt"]
+        return dataclass_from(GTContrastiveConfig, g, policy_decoding=g["decoding"]["policy"],
+                              baseline_decoding=g["decoding"]["baseline"])
+
+    @classmethod
+    def from_config(cls, cfg: dict, setup: Setup) -> GTContrastiveRecipe:
+        """The recipe of :meth:`options`; the discriminator starts from
+        :func:`.pretrain_disc.pretrained_discriminator`."""
+        disc = pretrained_discriminator(setup, cfg) if cfg["gt"]["discriminator"] else None
+        return cls(setup.captioner, setup.reward, cls.options(cfg), discriminator=disc)
 
     def __init__(self, captioner: PrefixCaptioner, reward: CLIPReward, config: GTContrastiveConfig | None = None,
                  embed_dim: int | None = None, discriminator: CLIPDiscriminator | None = None) -> None:

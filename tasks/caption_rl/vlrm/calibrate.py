@@ -13,7 +13,7 @@ normalised, so what matters is how much ``sim`` moves between captions of the sa
   first advantages are computed on);
 * ``clip_weight = target / measured`` (:func:`calibrated_clip_weight`).
 
-``python -m tasks.caption_rl.calibrate [--captioner PATH] [--images 256] [--k 8]`` measures it in the embedded world
+``python -m tasks.caption_rl.vlrm.calibrate [--captioner PATH] [--images 256] [--k 8]`` measures it in the embedded world
 (the world's reward CLIP, train images) and prints the weight.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from torch import Tensor
 from rlcf import CLIPReward, clip_score
 from tasks.captioning.model import PrefixCaptioner
 
-from .common import encode_reward_texts
-from .decoding import DecodingConfig, resolve_decoding
-from .rollout import generate_rollout
+from ..recipe import encode_reward_texts
+from ..decoding import DecodingConfig, resolve_decoding
+from ..rollout import generate_rollout
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def calibrated_clip_weight(cos_spread: float, target: float | None = None) -> fl
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """World measurement (see the module docstring); prints and returns ``{"clip_weight", ...}``."""
-    from ..captioning.world_demo import load_world_model, train_world_captioner, world_split
-    from .world import embed_images
+    from ...captioning.world_demo import load_world_model, train_world_captioner, world_split
+    from ..world import embed_images
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--captioner", default=None, help="supervised world captioner (else trained in --out-dir)")
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--n-train", type=int, default=2000, help="training images of the captioner when trained here")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    from ..common.cli import setup_logging
+    from ...common.cli import setup_logging
 
     setup_logging()   # project INFO, third-party WARNING
     torch.set_num_threads(args.threads)
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     pclip, ppre, _ = load_world_model("world:policy", dev)
     rclip, rpre, rtok = load_world_model("world:reward", dev)
     if args.captioner:
-        from ..captioning.checkpoint import load_captioner
+        from ...captioning.checkpoint import load_captioner
 
         captioner = load_captioner(args.captioner)
     else:

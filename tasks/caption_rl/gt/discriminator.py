@@ -6,7 +6,7 @@ policy's captions fake (0); Adam, lr 7e-5. Its human probability (computed befor
 reward term: ``r = 0.94 * contrastive + 0.06 * D(image, text)``.
 
 The official discriminator starts from a pre-trained checkpoint (``pretrained_disc_scst_repro_27999``, not public):
-:mod:`tasks.caption_rl.pretrain_disc` pre-trains one on ground-truth vs captioner captions, and
+:mod:`tasks.caption_rl.gt.pretrain_disc` pre-trains one on ground-truth vs captioner captions, and
 :func:`save_discriminator` / :func:`load_discriminator` store and reload it.
 """
 from __future__ import annotations
@@ -22,8 +22,7 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIPDiscriminator", "DiscriminatorStats", "DiscPretrainConfig", "discriminator_step", "save_discriminator",
-           "load_discriminator"]
+__all__ = ["CLIPDiscriminator", "DiscriminatorStats", "discriminator_step", "save_discriminator", "load_discriminator"]
 
 
 class CLIPDiscriminator(nn.Module):
@@ -114,7 +113,7 @@ def load_discriminator(path: str | Path, dim: int | None = None, hidden: Sequenc
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"discriminator checkpoint '{p}' not found: pre-train one with "
-                                "`python -m tasks.caption_rl.pretrain_disc --config <config>` "
+                                "`python -m tasks.caption_rl.gt.pretrain_disc --config <config>` "
                                 "(or gt.disc_pretrain.steps)")
     blob = torch.load(p, map_location="cpu", weights_only=False)
     if isinstance(blob, dict) and blob.get("format") == DISC_FORMAT:
@@ -130,20 +129,3 @@ def load_discriminator(path: str | Path, dim: int | None = None, hidden: Sequenc
     disc.load_state_dict(sd)
     logger.info("loaded discriminator %s (dim %d, widths %s)", p, d, list(h))
     return disc.to(device)
-
-
-@dataclass
-class DiscPretrainConfig:
-    """Options of the pre-training stage.
-
-    Attributes:
-        steps: batches (0: no pre-training); batch_size: caption rows per batch.
-        lr: Adam learning rate (``None``: the recipe's ``disc_lr``); seed: row order.
-        out: where the discriminator is written (``None``: ``<run.out_dir>/discriminator-pretrained.pt``).
-    """
-
-    steps: int = 0
-    batch_size: int = 64
-    lr: float | None = None
-    seed: int = 0
-    out: str | None = None

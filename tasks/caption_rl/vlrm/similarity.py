@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from rlcf import CLIPReward, clip_score
 from tasks.common.data import hub_download_command
 
-from .common import Batch, encode_reward_texts
+from ..recipe import Batch, encode_reward_texts
 
 logger = logging.getLogger(__name__)
 

@@ -26,26 +26,31 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
+import rlcf
 from rlcf import CLIPReward
 from tasks.captioning.model import PrefixCaptioner
+from tasks.common.data import require_path
 
-from .a2c import ValueHead, masked_mean_per_row, normalize_advantages, probability_policy_loss, value_loss
-from .common import Batch, StepResult, detach_stats, encode_reward_texts, policy_parameters
-from .contrastive import normalized_contrastive_term
-from .decoding import DecodingConfig, resolve_decoding
-from .lora import active_adapters, adapter_names, lora_parameters, set_active
+from ..a2c import ValueHead, masked_mean_per_row, normalize_advantages, probability_policy_loss, value_loss
+from ..contrastive import normalized_contrastive_term
+from ..decoding import DecodingConfig, resolve_decoding
+from ..lora import active_adapters, adapter_names, lora_parameters, set_active
+from ..presets import load_named_clip
+from ..recipe import (Batch, Needs, Recipe, Setup, StepResult, dataclass_from, decoding_section, detach_stats,
+                      encode_reward_texts, plain_section, policy_parameters, register_recipe)
+from ..rollout import ReferenceScorer, Rollout, forward_tokens, generate_rollout, sequence_mean_logprob
 from .penalties import PenaltyRules, decode_pieces, vlrm_returns
-from .rollout import ReferenceScorer, Rollout, forward_tokens, generate_rollout, sequence_mean_logprob
-from .similarity import CLIPSimilarity, Similarity
+from .similarity import ITM_HINT, CLIPSimilarity, ITMSimilarity, Similarity, load_blip2_itm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VLRMConfig", "VLRMRecipe", "SIMS"]
+__all__ = ["VLRMConfig", "VLRMRecipe", "VLRMRetrievalRecipe", "SIMS", "WORLD_CLIP_WEIGHT"]
 
 SIMS = ("clip", "itm")
 
@@ -100,8 +105,16 @@ def _hidden_size(captioner: PrefixCaptioner) -> int:
     return int(getattr(cfg, "word_embed_proj_dim", None) or cfg.hidden_size)
 
 
-class VLRMRecipe:
-    """Recipe object for :mod:`tasks.caption_rl.loop` (see the module docstring).
+#: ``clip_weight`` of the world's CLIP ``sim``, measured by ``python -m tasks.caption_rl.vlrm.calibrate --images 256
+#: --k 8 --captioner <the --quick run's supervised captioner>``: the world reward CLIP's ``max(cos, 0)`` spreads by
+#: 0.2446 across 8 sampled captions of an image (mean over 256 train images), the paper's ITM logit by 1.3837
+#: (Tables 4-5), so 1.3837 / 0.2446 = 5.66, rounded to 5.7.
+WORLD_CLIP_WEIGHT = 5.7
+
+
+@register_recipe("vlrm")
+class VLRMRecipe(Recipe):
+    """Recipe object for :mod:`tasks.caption_rl.loop` (see the module docstring); config section ``vlrm``.
 
     Args:
         captioner: the policy (mapper; the LM if trained; the ``"policy"`` adapter if any). If it carries a
@@ -114,6 +127,58 @@ class VLRMRecipe:
             for ``sim="itm"``).
         phi: VLRM-RS's own CLIP for eq. 5, its image embeddings in ``batch.extra_feats["phi"]``.
     """
+
+    section = "vlrm"
+    lora_adapters = ("policy", "value")
+    #: VLRM-RS: ``sim += contrastive_weight * Phi`` and no reference term, whatever ``vlrm.retrieval`` says
+    retrieval = False
+    ablations = {"no_ref": ["vlrm.use_ref=false"],
+                 "no_penalties": ["vlrm.penalties.bad=false", "vlrm.penalties.repeat=false", "vlrm.noeos=false"]}
+    world_overrides = ["eval.preset=vlrm", "vlrm.sim=clip", f"vlrm.clip_weight={WORLD_CLIP_WEIGHT}"]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {**plain_section(VLRMConfig(), drop=("rollout_decoding",)),
+                "decoding": {"rollout": decoding_section("vlrm_rollout")},
+                "penalties": {"bad": True, "repeat": True, "years": True, "bad_phrases_file": None,
+                              "extra_bad_phrases": [], "drop_bad_phrases": []},
+                "itm": {"path": "${PRETRAINED:-pretrained}/blip2-itm-vit-g", "dtype": "float32", "batch_size": 64,
+                        "max_length": 64},
+                "phi": {"arch": None, "tag": None, "pretrained": None, "config_file": None}}
+
+    @classmethod
+    def check_inputs(cls, cfg: dict) -> None:
+        v = cfg["vlrm"]
+        if v["sim"] == "itm":
+            require_path(Path(v["itm"]["path"]) / "config.json", "ITM model (BLIP-2) folder",
+                         ITM_HINT.format(path=v["itm"]["path"]) + " Or set vlrm.sim=clip.")
+
+    @classmethod
+    def needs(cls, cfg: dict, device: torch.device) -> Needs:
+        """With ``vlrm.sim=itm``: the ITM model (its similarity, and the images preprocessed for it)."""
+        v, needs = cfg["vlrm"], Needs()
+        if v["sim"] == "itm":
+            itm, itok, proc = load_blip2_itm(v["itm"]["path"], device, getattr(torch, v["itm"]["dtype"]))
+            needs.models["similarity"] = ITMSimilarity(itm, itok, float(v["itm_weight"]), int(v["itm"]["batch_size"]),
+                                                       int(v["itm"]["max_length"]))
+            needs.pixel_transform = lambda im: proc(images=im, return_tensors="pt")["pixel_values"][0]
+        return needs
+
+    @classmethod
+    def options(cls, cfg: dict) -> VLRMConfig:
+        """The ``vlrm`` section as the recipe's options; the value adapter trains when ``captioner.lora.value``
+        is set."""
+        v = dict(cfg["vlrm"])
+        lora = cfg["captioner"].get("lora") or {}
+        return dataclass_from(VLRMConfig, v, rollout_decoding=v["decoding"]["rollout"],
+                              retrieval=cls.retrieval or bool(v.get("retrieval")),
+                              value_adapter=bool(lora.get("enabled") and lora.get("value")))
+
+    @classmethod
+    def from_config(cls, cfg: dict, setup: Setup) -> VLRMRecipe:
+        """The recipe of :meth:`options`, with the ITM similarity and the ``Phi`` CLIP of its set-up, if any."""
+        return cls(setup.captioner, setup.reward, cls.options(cfg), similarity=setup.needs.models.get("similarity"),
+                   phi=setup.needs.models.get("phi"))
 
     def __init__(self, captioner: PrefixCaptioner, reward: CLIPReward | None, config: VLRMConfig | None = None,
                  reference: ReferenceScorer | None = None, similarity: Similarity | None = None,
@@ -270,3 +335,22 @@ class VLRMRecipe:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "value_head" in state:
             self.value_head.load_state_dict(state["value_head"])
+
+
+@register_recipe("vlrm_retrieval")
+class VLRMRetrievalRecipe(VLRMRecipe):
+    """VLRM-RS: VLRM with the retrieval term of eq. 5 and no reference term; ``Phi`` from its own CLIP
+    (``vlrm.phi``), else the reward CLIP."""
+
+    retrieval = True
+
+    @classmethod
+    def needs(cls, cfg: dict, device: torch.device) -> Needs:
+        """VLRM's, and ``vlrm.phi``'s CLIP (its image embeddings as the extra feature ``phi``) when it names one."""
+        needs, f = super().needs(cfg, device), cfg["vlrm"]["phi"]
+        if f.get("arch"):
+            fclip, fpre, ftok = load_named_clip(f["arch"], f.get("tag"), f.get("pretrained"), device,
+                                                f.get("config_file"))
+            needs.extra_clips["phi"] = (fclip, fpre, f["arch"], str(f.get("pretrained")))
+            needs.models["phi"] = rlcf.CLIPReward(fclip, ftok)
+        return needs
