@@ -14,7 +14,7 @@ Presets (:data:`DECODING_PRESETS`):
 * ``chaffin_baseline``: greedy, 50 new tokens, the bad-words filter, *no* n-gram blocking (the public code's
   greedy baseline passes no ``no_repeat_ngram_size``);
 * ``chaffin_eval``: beam 5, no repeated 3-grams, max length 50 (WTF-RL's evaluation ``generate``);
-* ``captioner``: beam 5 and the captioner config's own limits (the previous default of this toolkit).
+* ``captioner``: beam 5 and the captioner config's own limits.
 
 The public WTF-RL code passes ``bad_words_ids=self.model.bad_words_id``, an attribute it never defines, so its list
 is not public: ``bad_words`` is empty in the presets and is a config value (phrases, tokenised with the captioner's

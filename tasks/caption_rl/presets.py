@@ -7,7 +7,7 @@
   centre-cropped (open_clip's eval transform); text-to-image MRR and R@1/5/10 (R@1 0.905 for VLRM);
 * ``chaffin`` (WTF-RL ``compute_metrics``): the reward CLIP **ViT-B/32**; beam 5, no repeated 3-grams, max 50;
   periods removed before CLIP; R@1/5/10 in both directions and MRR; Self-BLEU-5 over the first 1000 captions;
-* ``default``: this toolkit's former evaluation (ViT-B/32, beam 5, the captioner's length limits).
+* ``default``: ViT-B/32, beam 5, the captioner's length limits.
 
 Every preset also reports both retrieval directions, Self-BLEU-4, vocabulary and length (cheap, comparable).
 """

@@ -8,8 +8,8 @@ Checkpoint format written by this toolkit (``torch.save`` of a dict, written ato
      "epoch", "step", "train_config", "max_tokens",
      ...training state (optimizer, scheduler, scaler, rng): ckpt-latest.pt only (resume); epoch copies hold none}
 
-The frozen OPT LM is stored by path, not by value: a paper-size ClipCap checkpoint (transformer mapper, 40 + 40
-tokens, 8 layers, OPT-125m) is ~214 MB of mapper weights, ~643 MB with the AdamW state (see the README).
+The frozen OPT LM is stored by path, not by value: a checkpoint holds the mapper (and, in ``ckpt-latest.pt``, its
+optimizer state); the README gives the size of a paper-size one (``benchmarks/caption_checkpoint_size.py``).
 
 Official RLCF checkpoints (``ckpt-latest.pt`` of ``clipcap_opt125m_transformer_coco_01.zip``:
 ``{"state_dict": ClipCaptionPrefixV2 state}``) are converted on load: only the mapper

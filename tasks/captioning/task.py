@@ -134,9 +134,9 @@ class CaptionTask:
         return rec
 
     def process_batch(self, indices: list[int], samples: list[torch.Tensor]) -> list[dict]:
-        """``run.batch`` for captions runs the images one after the other: beam search, which cannot share a
-        batch without changing its numerics, is half of an episode's time, so batching the gradient step could
-        give at most 1.6x (``benchmarks/bench_caption.py --profile``; the README's batching section)."""
+        """``run.batch`` for captions runs the images one after the other: beam search cannot share a batch without
+        changing its numerics, so only the gradient step could be batched (the README's batching section gives
+        the measured split of an episode, ``benchmarks/bench_caption.py --profile``)."""
         return [self.process(i, s) for i, s in zip(indices, samples)]
 
     def summarize(self, records: list[dict]) -> dict:

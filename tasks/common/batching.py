@@ -4,9 +4,8 @@ Records stay per sample (written as each batch completes, so a killed run loses 
 progress and a rerun resumes to the same records as an unbatched run); sharding splits samples before
 batching. ``run.batch=auto`` picks B from a trial: on CUDA, the first sample runs alone and its peak memory
 sets the largest B that fits in ``AUTO_MEMORY_FRACTION`` of the free GPU memory (at most ``AUTO_MAX``); on
-CPU, :data:`AUTO_CPU`, which is 1: measured with ``benchmarks/bench_methods.py --batch`` on 2 cores, batches pay
-only for tiny models (RLCF encoder, tiny preset: 2.32x at B=16) and are at par at ViT-B/32 size (medium preset,
-B=4: encoder 1.03x with 9.1 GB peak RSS, prompt 0.92x, TPT 1.02x; README). An out-of-memory error halves B and
+CPU, :data:`AUTO_CPU`, which is 1: on CPU batches pay only for tiny models (the README's "Batched episodes"
+table, ``benchmarks/bench_methods.py --batch``). An out-of-memory error halves B and
 retries the same samples, losing none; any other failure of a batch retries its samples one by one, so
 an error stays with the sample that raised it.
 """

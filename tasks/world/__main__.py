@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def target_checks(table: dict[str, dict[str, float]]) -> list[str]:
-    """The world's targets (issue 15, the paper's relation of ViT-B/16 policy and ViT-L/14 teacher: ImageNet
+    """The world's targets (the paper's relation of ViT-B/16 policy and ViT-L/14 teacher: ImageNet
     66.7 vs 73.4, OOD 57.2 vs 70.0), checked on the printed accuracies (fractions)."""
     p, r = table.get("policy", {}), table.get("reward", {})
     if "val" not in p or "val" not in r:

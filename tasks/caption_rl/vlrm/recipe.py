@@ -105,10 +105,9 @@ def _hidden_size(captioner: PrefixCaptioner) -> int:
     return int(getattr(cfg, "word_embed_proj_dim", None) or cfg.hidden_size)
 
 
-#: ``clip_weight`` of the world's CLIP ``sim``, measured by ``python -m tasks.caption_rl.vlrm.calibrate --images 256
-#: --k 8 --captioner <the --quick run's supervised captioner>``: the world reward CLIP's ``max(cos, 0)`` spreads by
-#: 0.2446 across 8 sampled captions of an image (mean over 256 train images), the paper's ITM logit by 1.3837
-#: (Tables 4-5), so 1.3837 / 0.2446 = 5.66, rounded to 5.7.
+#: ``clip_weight`` of the world's CLIP ``sim``: the paper's ITM spread over the world reward CLIP's, as
+#: ``python -m tasks.caption_rl.vlrm.calibrate --images 256 --k 8`` measures it (the caption_rl README gives the
+#: measurement), rounded.
 WORLD_CLIP_WEIGHT = 5.7
 
 
