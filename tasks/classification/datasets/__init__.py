@@ -3,7 +3,7 @@
 * :mod:`.base`: the dataset class, layout errors, file listing, class names and prompt templates;
 * :mod:`.imagenet`: ImageNet, -A, -R, -V2, -Sketch, -C;
 * :mod:`.fewshot`: the fine-grained sets (CoOp split JSONs, FGVC-Aircraft);
-* :mod:`.registry`: :func:`build_dataset` / :func:`list_datasets`, the one registry (the world's splits too).
+* :mod:`.registry`: :func:`build_dataset` / :func:`list_datasets`, the one registry (dataset providers' splits too).
 """
 from .base import (IMAGE_EXTENSIONS, NAME_SOURCES, SINGLE_TEMPLATE, ClassificationDataset, DatasetLayoutError,
                    list_images, read_names_file, resolve_templates)
