@@ -216,8 +216,10 @@ class Method(nn.Module):
     def _same_shape(self, samples: Sequence[Sample]) -> bool:
         return len({tuple(self.policy.as_tensor(self.check_sample(s)).shape) for s in samples}) == 1
 
-    def _workspace(self, b: int, stacked: bool) -> Workspace:
-        if not stacked:
+    def _workspace(self, b: int | None) -> Workspace:
+        """The policy's own parameters (``b=None``: one sample), or the kept stacked workspace for ``b`` samples,
+        reset to a fresh start."""
+        if b is None:
             return OwnWorkspace(self.policy, self.params, self.optimizer, self.reset)
         ws = self.stacked_workspace
         if ws is None or ws.key != workspace_key(self.param_names, self.params, b):
@@ -239,9 +241,9 @@ class Method(nn.Module):
         try:
             if adapt and stacked:
                 with record_function("rlcf/workspace reset"):
-                    ws = self._workspace(len(eps), stacked)
+                    ws = self._workspace(len(eps))
             elif adapt:
-                ws = self._workspace(1, stacked)
+                ws = self._workspace(None)
             fwd = StackedForward(self.policy, eps, ws.stacked, self.reward) if stacked else OwnForward(eps)
             if adapt:
                 with torch.enable_grad(), ws.trainable():
