@@ -8,7 +8,9 @@ A reward is a plain, stateless callable (TRL-style)::
 indices into the candidate set cached once per dataset (class prompts, a retrieval gallery:
 :meth:`CLIPReward.set_candidates`), or ``B`` lists of ``K`` strings (generated captions). Caching stays
 inside: the candidate features once per dataset, the query features once per sample, keyed by the query
-itself (the same tensor object, unmodified, or the same strings), never by a flag the caller sets.
+itself (the same tensor object, unmodified, or the same strings), never by a flag the caller sets. A reward model
+also declares ``reward.prefetch(queries)`` (:class:`Reward`): the engine calls it with the B queries of a batch
+before their steps, so they are encoded in one pass.
 """
 from __future__ import annotations
 
