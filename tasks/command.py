@@ -6,6 +6,7 @@
     rlcf run retrieval | captioning | caption-train | caption-rl ...   (the same key=value overrides)
     rlcf methods                       # the method registry, one line each
     rlcf check classification --config C.yaml [key=value ...]   # pre-flight: every missing file, and what to do
+    rlcf diagnose --config C.yaml [key=value ...]   # headroom for TTA on your data, before any adaptation
     rlcf demo [--quick]                # the main job on the embedded world (torchrun over the local cores)
     rlcf train-clip --data list.csv --config MyArch.json        # your own small CLIP
     rlcf world                         # build the embedded world and train its models
@@ -111,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="the method registry, one line each")
     check = sub.add_parser("check", help="pre-flight check of a config: every missing file", add_help=False)
     check.add_argument("task", choices=list(CHECKS))
+    sub.add_parser("diagnose", help="headroom for test-time adaptation on a dataset, before any adaptation "
+                   "(python -m tasks.classification.diagnose --help)", add_help=False)
     sub.add_parser("demo", help="the main job on the embedded world (python -m tasks.demo --help)", add_help=False)
     sub.add_parser("train-clip", help="train a small CLIP on your data (python -m tasks.train_clip --help)",
                    add_help=False)
@@ -164,11 +167,13 @@ def _dispatch(argv: list[str]) -> int:
         return _methods(ap.parse_args(argv))
     if command == "demo":
         return _demo(rest)
+    if command == "diagnose":
+        return _call("tasks.classification.diagnose", rest)
     if command == "train-clip":
         return _call("tasks.train_clip", rest)
     if command == "world":
         return _call("tasks.world.__main__", rest)
-    ap.error(f"unknown command '{command}'; choose from run, methods, check, demo, train-clip, world")
+    ap.error(f"unknown command '{command}'; choose from run, methods, check, diagnose, demo, train-clip, world")
     return 2
 
 

@@ -37,9 +37,17 @@ def test_main_job_check_catches_missing_cells_and_error_records(tmp_path):
                               capture_output=True, text=True)
 
     cell = {"top1": 50.0, "n": 4, "errors": 0}
-    good = {"splits": ["val"], "rows": {"RLCF": {"val": cell, "ood_avg": {"top1": 40.0}}}}
-    assert check(good, ['{"index": 0, "pred": 1}']).returncode == 0
-    missing = {"splits": ["val", "v2"], "rows": {"RLCF": {"val": cell, "ood_avg": {"top1": 40.0}}}}
+    control = {"diff": 6.0, "ci95": [2.5, 9.6], "n": 240, "changed": 8.0}
+    good = {"splits": ["val"], "rows": {"RLCF": {"val": cell, "ood_avg": {"top1": 40.0}}}, "control": control}
+    r = check(good, ['{"index": 0, "pred": 1}'])
+    assert r.returncode == 0 and "negative control: working - broken RLCF +6.0 points" in r.stdout
+    for broken, says in (({"ci95": [-0.4, 9.6]}, "cannot tell a working RLCF"), ({"n": 120}, "on 120 samples"),
+                         ({"changed": 3.0}, "changed only 3.0 %")):
+        r = check({**good, "control": {**control, **broken}}, ['{"index": 0, "pred": 1}'])
+        assert r.returncode == 1 and says in r.stderr, r.stderr
+    r = check({k: v for k, v in good.items() if k != "control"}, ['{"index": 0, "pred": 1}'])
+    assert r.returncode == 1 and "no negative control" in r.stderr
+    missing = {"splits": ["val", "v2"], "rows": {"RLCF": {"val": cell, "ood_avg": {"top1": 40.0}}}, "control": control}
     r = check(missing, ['{"index": 0, "pred": 1}'])
     assert r.returncode == 1 and "RLCF: no value for v2" in r.stderr
     r = check(good, ['{"index": 0, "pred": 1}', '{"index": 1, "error": "boom"}'])

@@ -29,7 +29,7 @@ from .views import ViewTransform
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULTS", "ClassificationTask", "build_clip", "build_policy", "build_reward", "resolve_device",
-           "class_template"]
+           "class_template", "build_views"]
 
 DEFAULTS: dict[str, Any] = {
     "method": "rlcf",
@@ -65,7 +65,7 @@ def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict, templates=No
         p = cfg["prompt"]
         if p.get("class_template"):
             try:
-                context_of_template(p["class_template"])
+                context_of_template(p["class_template", "build_views"])
             except ValueError as e:
                 raise UserError(f"prompt.class_template: {e} (policy=prompt tunes the words before the class "
                                 "name)") from None
@@ -123,6 +123,17 @@ def build_dataset_from_config(cfg: dict):
     return ds
 
 
+def build_views(cfg: dict, clip) -> ViewTransform:
+    """The test-time views of ``cfg["views"]`` at the policy's input size and normalisation."""
+    v = cfg["views"]
+    augmix = v["augmix"]
+    if augmix is None:   # official (TPT's len(set_id) > 1): AugMix only for the fine-grained sets
+        augmix = canonical_id(cfg["data"]["set_id"])[0] in FINE_GRAINED
+    return ViewTransform(n_views=v["n"], resolution=v["resolution"] or input_resolution(clip),
+                         mean=clip.visual.image_mean, std=clip.visual.image_std,
+                         augmix=v["augmix_ops"] if augmix else False, scale=tuple(v["scale"]), flip=v["flip"])
+
+
 class ClassificationTask:
     """Runner task: per sample, views -> ``method(views)`` -> logits of the clean view."""
 
@@ -138,20 +149,13 @@ class ClassificationTask:
         torch.manual_seed(cfg["run"]["seed"])   # random-weight models and sampling are reproducible
         dataset = build_dataset_from_config(cfg)
         clip, _, tok = build_clip(cfg["model"], device)
-        res = cfg["views"]["resolution"] or input_resolution(clip)
         mcls = rlcf.get_method(cfg["method"])
         reward = build_reward(cfg, dataset.classnames, device, clip) if mcls.needs_reward else None
         policy = build_policy(cfg["policy"], clip, dataset.classnames, tok, cfg, dataset.templates).to(device)
         adapt = dict(cfg["adapt"])
         method = rlcf.create_method(cfg["method"], policy, reward, AdaptConfig(**adapt))
-        v = cfg["views"]
-        augmix = v["augmix"]
-        if augmix is None:   # official (TPT's len(set_id) > 1): AugMix only for the fine-grained sets
-            augmix = canonical_id(cfg["data"]["set_id"])[0] in FINE_GRAINED
-        views = ViewTransform(n_views=v["n"], resolution=res, mean=clip.visual.image_mean,
-                              std=clip.visual.image_std, augmix=v["augmix_ops"] if augmix else False,
-                              scale=tuple(v["scale"]), flip=v["flip"])
-        return cls(method, dataset, views, seed=cfg["run"]["seed"], save_logits=cfg["run"]["save_logits"])
+        return cls(method, dataset, build_views(cfg, clip), seed=cfg["run"]["seed"],
+                   save_logits=cfg["run"]["save_logits"])
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -25,9 +25,12 @@ import numpy as np
 from . import render as R
 from .shapes import CLASSNAMES, plural, shape_sdf
 
-__all__ = ["SceneRanges", "Sample", "make_sample", "sample_sdf", "captions_for", "STYLES", "HARDNESS", "sample_rng"]
+__all__ = ["SceneRanges", "Sample", "make_sample", "sample_sdf", "captions_for", "STYLES", "DEV_SHIFT_STYLES", "HARDNESS",
+           "sample_rng"]
 
-STYLES = ("photo", "sketch", "texture", "pixel", "cartoon", "palette")
+STYLES = ("photo", "sketch", "texture", "pixel", "cartoon", "palette", "silhouette", "halftone", "warp")
+#: styles of the shifted dev split only (learning-rate choice): no test split and no training augmentation uses them
+DEV_SHIFT_STYLES = ("silhouette", "halftone", "warp")
 HARDNESS = ("clutter", "occlusion", "small", "lowcontrast", "rotation")
 _SIZE_RADIUS = {"small": (0.15, 0.21), "medium": (0.21, 0.29), "large": (0.30, 0.40)}  # x image size
 _MULTI_RADIUS = {2: (0.16, 0.23), 3: (0.14, 0.19)}
@@ -262,6 +265,23 @@ def _render(rng: np.random.Generator, scene: dict, style: str, size: int, ranges
     if style == "palette":
         img = _render_photo(rng, scene, size, ranges, draw_objects)
         return R.false_colour(rng, img), extra
+    if style == "silhouette":   # a flat dark shape on light ground: no colour, no shading, no outline
+        ground = rng.uniform(200, 245) + rng.uniform(-8, 8, 3)
+        img = np.broadcast_to(ground, (size, size, 3)) + rng.normal(0, 2.0, (size, size, 3))
+        if draw_objects:
+            cov = R.fill_cov(_object_fields(scene, size)[0])[..., None]
+            img = img * (1 - cov) + (rng.uniform(15, 60) + rng.uniform(-10, 10, 3)) * cov
+        return img, extra
+    if style == "halftone":   # the photo printed as a grid of dots on paper, dot area from the local darkness
+        photo = np.clip(_render_photo(rng, scene, size, ranges, draw_objects), 0, 255)
+        return R.halftone(rng, photo), extra
+    if style == "warp":   # the photo seen through a wavy glass: a smooth sine displacement of 1.5-3 px
+        c = np.arange(size, dtype=np.float64) + 0.5
+        ys, xs = np.meshgrid(c, c, indexing="ij")
+        amp, f = rng.uniform(1.5, 3.0, 2), rng.uniform(0.15, 0.3, 2)
+        ph = rng.uniform(0, 2 * np.pi, 2)
+        grid = (ys + amp[0] * np.sin(f[0] * xs + ph[0]), xs + amp[1] * np.sin(f[1] * ys + ph[1]))
+        return _render_photo(rng, scene, size, ranges, draw_objects, grid=grid), extra
     raise ValueError(f"unknown style '{style}', expected one of {STYLES}")
 
 
@@ -297,7 +317,7 @@ def captions_for(scene: dict, style: str, rng: np.random.Generator, extra: dict,
     """
     name, pl, cnt = scene["classname"], plural(scene["classname"]), scene["count"]
     pos, bg = scene["position"], scene["background"]
-    has_colour = style not in ("sketch", "palette")
+    has_colour = style not in ("sketch", "palette", "silhouette")
 
     def S() -> str:
         return _subject(scene, rng, colour=None if has_colour else False)
@@ -306,7 +326,7 @@ def captions_for(scene: dict, style: str, rng: np.random.Generator, extra: dict,
     if style == "sketch":
         pool = [f"a sketch of {S()}.", f"a drawing of {S()}.", f"a pencil sketch of {S()} {where}.",
                 f"a black and white drawing of {S()}.", f"a line drawing of {S()}.", f"an outline of {S()}."]
-    elif style in ("texture", "pixel", "cartoon", "palette"):
+    elif style in ("texture", "pixel", "cartoon", "palette", "silhouette", "halftone", "warp"):
         head = {"texture": [f"a photo of a {extra.get('pattern', 'patterned')} {name}.",
                             f"{S()} with a {extra.get('pattern', 'patterned')} pattern.",
                             f"a textured {name} on a patterned background."],
@@ -314,7 +334,11 @@ def captions_for(scene: dict, style: str, rng: np.random.Generator, extra: dict,
                 "cartoon": [f"a cartoon of {S()}.", f"a cartoon {name} with a black outline.",
                             f"a clip art of {S()}."],
                 "palette": [f"a false colour image of {S()}.", f"{S()} in strange colours.",
-                            f"a posterised picture of {S()}."]}[style]
+                            f"a posterised picture of {S()}."],
+                "silhouette": [f"a silhouette of {S()}.", f"a dark {name} shape.", f"the shadow of {S()}."],
+                "halftone": [f"a halftone print of {S()}.", f"a dotted print of {S()}.", f"a newspaper photo of {S()}."],
+                "warp": [f"a distorted photo of {S()}.", f"{S()} seen through wavy glass.",
+                         f"a warped picture of {S()}."]}[style]
         pool = head + [f"{S()} {where}.", f"an image of {S()}.", f"a picture of {S()}."]
     else:
         first = f"a photo of {S()}."

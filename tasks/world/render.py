@@ -8,7 +8,9 @@ union of its objects.  Styles:
 * ``texture``: patterned (stripes / checks / dots) object on a patterned background;
 * ``pixel``: coarse pixel art with a quantised palette;
 * ``cartoon``: flat fill, thick dark outline, drop shadow, plain pastel background;
-* ``palette``: false-colour (luminance mapped through a random colour ramp), posterised.
+* ``palette``: false-colour (luminance mapped through a random colour ramp), posterised;
+* the shifted dev split's styles (learning-rate choice only): ``silhouette`` (flat dark shape on light ground),
+  ``halftone`` (:func:`halftone`) and ``warp`` (a smooth sine displacement of the photo).
 
 Corruptions (``noise``, ``blur``, ``contrast``, ``jpeg``) act on ``uint8`` images ``(H, W, 3)``
 at severities 1..5.
@@ -23,7 +25,7 @@ from PIL import Image
 Array = np.ndarray
 
 __all__ = ["COLOURS", "fill_cov", "stroke_cov", "photo_background", "shade_fill", "pattern",
-           "cartoon", "false_colour", "pixelate", "corrupt", "CORRUPTIONS", "gradient_field"]
+           "cartoon", "false_colour", "halftone", "pixelate", "corrupt", "CORRUPTIONS", "gradient_field"]
 
 # Named colours (object and background palette).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -120,6 +122,25 @@ def false_colour(rng: np.random.Generator, img: Array) -> Array:
     a = np.clip(lum * 2, 0, 1)[..., None]
     b = np.clip(lum * 2 - 1, 0, 1)[..., None]
     return np.where(lum[..., None] < 0.5, stops[0] * (1 - a) + stops[1] * a, stops[1] * (1 - b) + stops[2] * b)
+
+
+def halftone(rng: np.random.Generator, img: Array) -> Array:
+    """``img`` ``(H, W, 3)`` printed as dots on a ``2.5-3.5`` px grid (random angle): each dot has the colour of the
+    image at its centre and an area that grows with the darkness there, on light paper."""
+    h, w = img.shape[:2]
+    period, t = rng.uniform(2.5, 3.5), rng.uniform(0, np.pi / 2)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    u, v = np.cos(t) * xs + np.sin(t) * ys, -np.sin(t) * xs + np.cos(t) * ys
+    cu, cv = (np.floor(u / period) + 0.5) * period, (np.floor(v / period) + 0.5) * period
+    cx, cy = np.cos(t) * cu - np.sin(t) * cv, np.sin(t) * cu + np.cos(t) * cv      # the dot centres, image frame
+    ix = np.clip(cx.astype(int), 0, w - 1)
+    iy = np.clip(cy.astype(int), 0, h - 1)
+    centre = img[iy, ix]
+    dark = 1.0 - (centre @ np.array([0.299, 0.587, 0.114])) / 255.0
+    radius = period * (0.2 + 0.5 * np.sqrt(dark))
+    cov = np.clip(radius + 0.5 - np.hypot(u - cu, v - cv), 0.0, 1.0)[..., None]
+    paper = rng.uniform(225, 250) - rng.uniform(0, 8, 3)
+    return paper * (1 - cov) + centre * cov
 
 
 def pixelate(img_small: Array, factor: int, levels: int = 3) -> Array:

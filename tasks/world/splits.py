@@ -6,6 +6,8 @@ Splits mirror the ImageNet family:
 ``train``       clean photos (policy and filter training data)
 ``train_extra`` more clean photos of the same distribution (the reward model's extra data)
 ``dev``         clean photos, used for every hyper-parameter choice
+``dev_shift``   shifted photos for learning-rate choice: silhouettes, halftone prints, warped photos (round robin),
+                shift families that no test split and no training augmentation uses
 ``val``         clean photos (the ImageNet val analogue)
 ``v2``          fresh stream, slightly shifted ranges (rotation, size, aspect, colour, shading)
 ``sketch``      outline-only strokes on paper, no fill colour
@@ -46,7 +48,7 @@ from PIL import Image
 
 from tasks.common.data import ImageListDataset
 
-from .generator import HARDNESS, SceneRanges, make_sample, sample_rng
+from .generator import DEV_SHIFT_STYLES, HARDNESS, SceneRanges, make_sample, sample_rng
 from .render import CORRUPTIONS
 from .shapes import CLASSNAMES
 
@@ -56,16 +58,16 @@ __all__ = ["WORLD_VERSION", "WorldConfig", "WorldDataset", "SPLITS", "EVAL_SPLIT
            "build_world_dataset", "materialize_split", "load_split_tensors", "world_dir", "TEMPLATES"]
 
 WORLD_VERSION = "v1"
-SPLITS = ("train", "train_extra", "dev", "val", "v2", "sketch", "rendition", "adversarial", "corrupt")
-EVAL_SPLITS = ("dev", "val", "v2", "sketch", "rendition", "adversarial", "corrupt")
+SPLITS = ("train", "train_extra", "dev", "dev_shift", "val", "v2", "sketch", "rendition", "adversarial", "corrupt")
+EVAL_SPLITS = ("dev", "dev_shift", "val", "v2", "sketch", "rendition", "adversarial", "corrupt")
 OOD_SPLITS = ("v2", "sketch", "rendition", "adversarial")
 RENDITION_STYLES = ("texture", "pixel", "cartoon", "palette")
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.")
-_BALANCED = ("dev", "val", "v2", "sketch", "rendition", "corrupt")
+_BALANCED = ("dev", "dev_shift", "val", "v2", "sketch", "rendition", "corrupt")
 
 
 def _default_sizes() -> dict[str, int]:
-    return {"train": 10000, "train_extra": 10000, "dev": 640, "val": 960, "v2": 480, "sketch": 480,
+    return {"train": 10000, "train_extra": 10000, "dev": 640, "dev_shift": 480, "val": 960, "v2": 480, "sketch": 480,
             "rendition": 480, "adversarial": 480, "corrupt": 480}
 
 
@@ -125,6 +127,8 @@ def _split_kwargs(split: str, i: int, world: WorldConfig) -> dict:
         kw["style"] = "sketch"
     elif split == "rendition":
         kw["style"] = RENDITION_STYLES[i % len(RENDITION_STYLES)]
+    elif split == "dev_shift":
+        kw["style"] = DEV_SHIFT_STYLES[i % len(DEV_SHIFT_STYLES)]
     elif split == "corrupt":
         kw["corruption"] = (CORRUPTIONS[i % len(CORRUPTIONS)], 1 + (i // len(CORRUPTIONS)) % 5)
     return kw

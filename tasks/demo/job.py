@@ -6,16 +6,19 @@
    (cached under ``pretrained/world``);
 2. runs every method row on ``val`` and on each shifted split through the same resumable runner
    as the real benchmarks (per-sample records under ``<out>/<row>/<split>/``);
-3. prints a table in the form of the RLCF paper's Table 1 (per split and OOD average, with
+3. runs the negative control (:mod:`tasks.demo.control`): RLCF (encoder) with the reward negated on a seeded
+   subset of each shifted split, paired with the working RLCF on the same samples;
+4. prints a table in the form of the RLCF paper's Table 1 (per split and OOD average, with
    bootstrap 95% confidence intervals) and writes ``results.json``, ``results.md`` and ``results.png``;
-4. with ``--captions``, adds the caption part (``tasks.captioning.world_demo --quick``: a tiny ClipCap
+5. with ``--captions``, adds the caption part (``tasks.captioning.world_demo --quick``: a tiny ClipCap
    before / after RLCF on ``rendition``) to ``results.md``.
 
 ``scripts/demo.sh`` runs it under ``torchrun`` with one 1-thread process per core (2 at most): the
 ranks share the world build, the model training and the samples of every row; the table is the same
 as a one-process run's (episodic methods, per-sample seeded views).
 
-Method hyperparameters for the world were chosen on the ``dev`` split only (``configs/world/``).
+Method learning rates for the world were chosen on the ``dev`` and ``dev_shift`` splits only
+(``--tune``, :mod:`tasks.demo.tune`; ``configs/world/``).
 """
 from __future__ import annotations
 
@@ -25,143 +28,33 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from .classification.task import DEFAULTS, ClassificationTask
-from .common.cli import setup_logging
-from .common.clip import run_fingerprint
-from .common.config import load_config
-from .common.runner import barrier, dist_info, init_distributed, read_records, run, sample_order
-from .methods import load_all as load_methods
-from .world.report import chart, example_grid, markdown, ood_average, seeds_markdown, split_stats
+from ..classification.task import DEFAULTS
+from ..common.cli import setup_logging
+from ..common.config import load_config
+from ..common.runner import dist_info, init_distributed
+from ..methods import load_all as load_methods
+from ..world.report import chart, example_grid, markdown, ood_average, seeds_markdown, split_stats
+from .cells import (CONFIGS, HELD_OUT, OOD, PEER_ROWS, PLACEHOLDER_NOTE, ROWS, SPLITS, model_overrides,
+                    placeholder_overrides, run_row)
+from .control import CONFIG as CONTROL_CONFIG
+from .control import markdown as control_markdown
+from .control import negative_control
+from .tune import tune
 
-__all__ = ["main", "ROWS", "PEER_ROWS", "SPLITS", "OOD", "ood_average", "run_seed"]
+__all__ = ["main", "run_seed", "best_row", "write_report"]
 
 logger = logging.getLogger("tasks.demo")
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "world"
-
-# (row label, config file in configs/world/); the first two rows are the zero-shot anchors
-ROWS = [
-    ("CLIP policy (zero-shot)", "zero-shot.yaml"),
-    ("CLIP reward (zero-shot, teacher)", "zero-shot-reward.yaml"),
-    ("TPT", "tpt-prompt.yaml"),
-    ("RLCF (prompt)", "rlcf-prompt.yaml"),
-    ("RLCF (encoder)", "rlcf-tune.yaml"),
-]
-PEER_ROWS = [
-    ("CLIP policy (ensemble)", "zero-shot-ensemble.yaml"),
-    ("C-TPT", "ctpt-prompt.yaml"),
-    ("ZERO", "zero.yaml"),
-    ("TDA (online)", "tda.yaml"),
-    ("KD from reward (encoder)", "kd-tune.yaml"),
-]
-SPLITS = ["val", "v2", "sketch", "rendition", "adversarial"]
-OOD = ["v2", "sketch", "rendition", "adversarial"]
-# shift families that none of the teacher's training augmentations imitates (tasks/common/augment.py: crops,
-# flips, colour jitter, edge maps, inversion, noise): rendition's textures, pixel art, cartoons and false-colour
-# palettes, and adversarial's clutter and occlusion. sketch is the nearest to one (edge maps, inverted).
-HELD_OUT = ["rendition", "adversarial"]
-
-
-def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path, desc: str | None = None,
-             leave: bool = True) -> tuple[dict, list[dict]]:
-    """Run one configured method on its split: the runner's summary and the records in sample order
-    (``({}, [])`` on ranks other than 0).
-
-    A seeded order: a ``limit`` subset is a random (class-balanced in expectation) sample, the same for
-    every row. Under torchrun the samples are sharded between the ranks; an online method (state carried
-    across the stream) runs whole on rank 0 while the others wait, so its results do not depend on the
-    ranks. Records of an older configuration or other world models are discarded, never mixed in.
-    """
-    task = ClassificationTask.from_config(cfg)
-    rank, size = dist_info()
-    kw = dict(workers=0, limit=limit, shuffle_seed=0, desc=desc or f"{config.stem} {folder.name}",
-              meta={"config": str(config.relative_to(ROOT))}, leave=leave,
-              on_change="restart", fingerprint=run_fingerprint(cfg), batch=cfg["run"].get("batch"))
-    if size > 1 and getattr(task, "online", False):
-        summary = run(task, folder, shard=False, **kw) if rank == 0 else None
-        barrier()
-    else:
-        summary = run(task, folder, **kw)
-    if rank != 0:
-        return {}, []
-    recs = read_records(folder)
-    return summary, [recs[i] for i in sorted(sample_order(len(task), limit, 0))]
-
-
-def run_row(config: Path, split: str, out: Path, limit: int | None, views: int | None,
-            extra: Sequence[str] = (), label: str | None = None) -> tuple[dict, list[dict]]:
-    """One (method, split) cell of the table: :func:`run_cell` under ``<out>/<split>``."""
-    overrides = [f"data.set_id=world/{split}", f"run.out_dir={out}", "run.device=cpu", "run.workers=0", *extra]
-    if limit is not None:
-        overrides.append(f"run.limit={limit}")
-    if views is not None:
-        overrides.append(f"views.n={views}")
-    cfg = load_config(DEFAULTS, config, overrides)
-    return run_cell(cfg, out / split, limit, config, desc=f"{label or config.stem} on {split}", leave=False)
-
-
-def summarise(summary: dict) -> dict:
-    """A cell of the table from the runner's summary: top-1 and its bootstrap CI over the samples that ran
-    (the one rule for errored samples, everywhere: they are counted and reported, and every metric is over
-    the ``n - errors`` others)."""
-    m = summary["metrics"]
-    return {"top1": m["top1"], "ci95": [m["top1_ci95_low"], m["top1_ci95_high"]],
-            "n": summary["n"] - summary["errors"], "errors": summary["errors"]}
-
-
-TUNE_GRID = {   # learning rates tried on `dev` (never on a test split) by `python -m tasks.demo --tune`; the world's
-    # text towers have CLIP's token scale (std 0.02), so the prompt grid brackets the official 5e-3 / 7e-3
-    "tpt-prompt.yaml": [5e-4, 1e-3, 2e-3, 5e-3, 7e-3, 1e-2, 2e-2, 5e-2],
-    "ctpt-prompt.yaml": [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 7e-3, 1e-2, 2e-2, 5e-2],
-    "rlcf-prompt.yaml": [5e-4, 1e-3, 2e-3, 5e-3, 7e-3, 1e-2, 2e-2, 5e-2],
-    "rlcf-tune.yaml": [3e-6, 5e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
-    "kd-tune.yaml": [3e-6, 5e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
-}
-
-
-def tune(out: Path, limit: int, views: int | None, only: Sequence[str] = ()) -> dict:
-    """Dev-split accuracy of zero-shot and of each learning rate of :data:`TUNE_GRID` (printed; choose by hand);
-    ``only``: config stems to tune (default: every one). The seed-0 models (``configs/world`` name them)."""
-    unknown = sorted(set(only) - {Path(c).stem for c in TUNE_GRID})
-    if unknown:
-        raise SystemExit(f"--tune-only: unknown config(s) {unknown}; choose from {[Path(c).stem for c in TUNE_GRID]}")
-    cells = [("zero-shot", "zero-shot.yaml", [])]
-    for cfg_name, lrs in TUNE_GRID.items():
-        if only and Path(cfg_name).stem not in only:
-            continue
-        cells += [(f"{Path(cfg_name).stem}-lr{lr:g}", cfg_name, [f"adapt.lr={lr}"]) for lr in lrs]
-    table = {}
-    for name, cfg_name, over in cells:
-        overrides = ["data.set_id=world/dev", "run.device=cpu", *over] + ([f"views.n={views}"] if views else [])
-        summary, _ = run_cell(load_config(DEFAULTS, CONFIGS / cfg_name, overrides), out / "tune" / name, limit,
-                              CONFIGS / cfg_name)
-        if summary:   # rank 0
-            table[name] = summarise(summary)["top1"]
-            print(f"dev {name}: {table[name]:.1f}", flush=True)
-    return table
-
-
-PLACEHOLDER_NOTE = ("PLACEHOLDER RUN: tiny RANDOM-WEIGHT CLIP models (configs/models/RLCF-Tiny-*.json) on the world's "
-                    "images. It checks the whole pipeline end to end; its accuracies are chance-level by construction "
-                    "and say nothing about the methods. Run `bash scripts/demo.sh` (without --placeholder) for the trained world models.")
-
-
-def placeholder_overrides() -> list[str]:
-    models = ROOT / "configs" / "models"
-    return ["model.arch=RLCF-Tiny-Test", "model.pretrained=null", f"model.config_file={models / 'RLCF-Tiny-Test.json'}",
-            "reward.arch=RLCF-Tiny-Reward", "reward.pretrained=null",
-            f"reward.config_file={models / 'RLCF-Tiny-Reward.json'}"]
 
 
 def run_seed(seed: int, out: Path, rows: list[tuple[str, str]], splits: list[str], ood: list[str],
              limit: int | None, views: int | None, extra: list[str], model_root: Path,
-             placeholder: bool = False) -> tuple[dict, dict[str, dict[str, list[dict]]]]:
-    """Every row of the table for world-model seed ``seed``: ``(results, {row: {split: records}})`` on rank 0."""
-    from .world.models import seed_root
+             placeholder: bool = False, control: int = 0) -> tuple[dict, dict[str, dict[str, list[dict]]]]:
+    """Every row of the table for world-model seed ``seed``: ``(results, {row: {split: records}})`` on rank 0;
+    ``control``: samples per shifted split of the negative control (:mod:`tasks.demo.control`; 0: none)."""
+    from ..world.models import seed_root
 
     rank, _ = dist_info()
     results: dict = {"rows": {}, "splits": splits, "ood": ood, "limit": limit, "seed": seed,
@@ -174,8 +67,7 @@ def run_seed(seed: int, out: Path, rows: list[tuple[str, str]], splits: list[str
         if placeholder and cfg_name == "zero-shot-reward.yaml":   # the teacher row: the (tiny) reward model itself
             row_extra += ["model." + x.split(".", 1)[1] for x in extra if x.startswith("reward.")]
         elif not placeholder:
-            which = "reward" if cfg_name == "zero-shot-reward.yaml" else "policy"
-            row_extra += [f"model.pretrained={models / which}.pt", f"reward.pretrained={models / 'reward.pt'}"]
+            row_extra += model_overrides(cfg_name, models)
         cells = {s: run_row(CONFIGS / cfg_name, s, out / Path(cfg_name).stem, limit, views, row_extra, label)
                  for s in splits}
         if rank != 0:
@@ -188,6 +80,16 @@ def run_seed(seed: int, out: Path, rows: list[tuple[str, str]], splits: list[str
         results["rows"][label] = row
         gain = f", gain {row['ood_avg']['gain']:+.1f}" if base else ""
         logger.info("%s: val %.1f, OOD avg %.1f%s", label, row["val"]["top1"], row["ood_avg"]["top1"], gain)
+    labels = dict((cfg_name, label) for label, cfg_name in rows)
+    if control and CONTROL_CONFIG in labels:
+        per = min(control, limit) if limit else control
+        logger.info("stage: negative control, %s with the reward negated on %d samples per shifted split", 
+                    labels[CONTROL_CONFIG], per)
+        stats = negative_control(out, per_row, ood, per, views,
+                                 list(extra) + ([] if placeholder else model_overrides(CONTROL_CONFIG, models)),
+                                 label=labels[CONTROL_CONFIG], zero_label=rows[0][0])
+        if stats:
+            results["control"] = stats
     return results, per_row
 
 
@@ -202,17 +104,19 @@ def write_report(results: dict, per_row: dict, out: Path, data_root: Path) -> st
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
+    if results.get("control"):
+        table += "\n" + control_markdown(results["control"])
     if results.get("placeholder"):
         table = PLACEHOLDER_NOTE + "\n\n" + table
     (out / "results.md").write_text(table)
     best = best_row(results)
     chart(results, per_row, out / "results.png", best)
     if best is not None:
-        from .world.splits import build_world_dataset
+        from ..world.splits import build_world_dataset
 
         zero = per_row[next(iter(per_row))]
         images = {s: _LazyImages(build_world_dataset(s, data_root), zero[s]) for s in results["ood"]}
-        from .world.shapes import CLASSNAMES
+        from ..world.shapes import CLASSNAMES
 
         example_grid(images, zero, per_row[best], CLASSNAMES, best, out / "examples.png")
     return table
@@ -239,7 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "every sample; --quick: 60)")
     ap.add_argument("--out", default=None, help="results folder (default: output/demo; with --quick output/demo-quick, "
                     "so that a quick look never discards the records of the full run)")
-    ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev split only (seed-0 models)")
+    ap.add_argument("--control", type=int, default=60, help="samples per shifted split of the negative control: RLCF "
+                    "(encoder) with the reward negated, paired with the working one (0: none; default 60)")
+    ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev and dev_shift splits only "
+                    "(the rule: tasks/demo/tune.py; seed-0 models unless --seeds)")
     ap.add_argument("--tune-only", default="", help="with --tune: comma-separated configs, e.g. rlcf-tune,tpt-prompt")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: the world's small models gain nothing from more, and lose under load)")
@@ -271,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra = placeholder_overrides()
         args.limit = args.limit if args.limit is not None else 40
         args.quick, seeds = True, [0]
+        args.control = 0 if "--control" not in (argv or []) else args.control
     limit = (args.limit if args.limit is not None else (60 if args.quick else 0)) or None
     views = 16 if args.quick else None
     out = Path(args.out or ("output/demo-quick" if args.quick and args.world else "output/demo"))
@@ -278,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = ROWS + (PEER_ROWS if args.all_methods else [])
     # the placeholder has no trained filter model, hence no `adversarial` split
     splits, ood = (SPLITS, OOD) if args.world else (SPLITS[:-1], OOD[:-1])
-    from .world.models import get_world_models
+    from ..world.models import get_world_models, seed_root
 
     data_root = Path(load_config(DEFAULTS, CONFIGS / ROWS[0][1], [])["data"]["root"]) / "world"
     model_root = Path(os.environ.get("WORLD_MODELS") or "pretrained/world")
@@ -288,14 +196,17 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("stage: world models, seed %d (built once, cached under %s)", seed, model_root)
         get_world_models(root=model_root, data_root=data_root, seed=seed,
                          which=("filter", "policy", "reward") if args.world else (),
-                         splits=["dev"] if args.tune else splits)
+                         splits=["dev", "dev_shift"] if args.tune else splits)
         if args.tune:
-            return tune(out, limit or 200, views, [x.strip() for x in args.tune_only.split(",") if x.strip()])
+            models = seed_root(model_root, seed)
+            return tune(out if seed == 0 else out / f"seed{seed}", limit or 320, views,
+                        [x.strip() for x in args.tune_only.split(",") if x.strip()],
+                        extra=[] if not args.world else model_overrides("rlcf-tune.yaml", models))
         seed_out = out if seed == 0 else out / f"seed{seed}"
         logger.info("stage: %d methods x %d splits, %s, seed %d", len(rows), len(splits),
                     f"{limit} samples per split" if limit else "every sample", seed)
         results, per_row = run_seed(seed, seed_out, rows, splits, ood, limit, views, extra, model_root,
-                                    placeholder=not args.world)
+                                    placeholder=not args.world, control=args.control)
         if rank != 0:
             continue
         results["minutes"] = (time.time() - t_seed) / 60   # this seed's models and table
@@ -316,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n" + agg)
         results = {"seeds": per_seed, **results}
     if args.world and args.captions:
-        from .captioning.world_demo import main as caption_demo
+        from ..captioning.world_demo import main as caption_demo
 
         caption_demo(["--quick", "--out-dir", str(out / "captions"), "--threads", str(args.threads)])
         captions_md = (out / "captions" / "results.md").read_text()
@@ -327,8 +238,3 @@ def main(argv: list[str] | None = None) -> dict:
           + (", results-seeds.md" if len(seeds) > 1 else "") + f" ({minutes:.1f} min)")
     return results
 
-
-if __name__ == "__main__":
-    from tasks.common.cli import run_main
-
-    run_main(main)
