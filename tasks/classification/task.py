@@ -65,7 +65,7 @@ def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict, templates=No
         p = cfg["prompt"]
         if p.get("class_template"):
             try:
-                context_of_template(p["class_template", "build_views"])
+                context_of_template(p["class_template"])
             except ValueError as e:
                 raise UserError(f"prompt.class_template: {e} (policy=prompt tunes the words before the class "
                                 "name)") from None
