@@ -40,9 +40,10 @@ CHECKS: dict[str, str] = {"classification": "tasks.classification.check", "retri
 
 
 def _call(module: str, argv: Sequence[str], attr: str = "main") -> int:
+    from tasks.common.cli import exit_code
+
     fn: Callable = getattr(importlib.import_module(module), attr)
-    out = fn(list(argv))
-    return out if isinstance(out, int) and not isinstance(out, bool) else 0
+    return exit_code(fn(list(argv)))   # an int, or a run's exit code (3: finished with error records)
 
 
 def _methods(args: argparse.Namespace) -> int:

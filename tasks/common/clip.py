@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["load_clip", "canonical_arch", "register_model_config", "ClipBundle", "build_clip", "resolve_device",
            "build_reward", "checkpoint_problems", "eot_index", "text_features", "text_features_from_embeddings",
            "encode_texts", "file_fingerprint", "folder_fingerprint", "weights_fingerprint", "run_fingerprint",
-           "is_hf", "hf_folder", "quiet_random_init"]
+           "is_hf", "hf_folder", "quiet_random_init", "weight_files", "spec_weight_files", "unknown_arch_message"]
 
 ClipBundle = tuple[nn.Module, Callable, Callable]
 
@@ -104,8 +104,7 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
         register_model_config(config_file)
     arch = canonical_arch(name)
     if arch not in open_clip.list_models():
-        raise ModelNameError(f"unknown CLIP architecture '{name}'. Available: {', '.join(open_clip.list_models())}. "
-                             "Register your own with config_file=<arch>.json")
+        raise ModelNameError(unknown_arch_message(name, arch, open_clip.list_models()))
     if pretrained is not None and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
                                    or "/" in pretrained or Path(pretrained).exists()):
         path = Path(pretrained).expanduser()
@@ -115,9 +114,13 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
                 f"(e.g. the OpenAI file {arch}.pt under pretrained/clip/, see pretrained/README.md; the embedded "
                 f"world's models: python -m tasks.world) or pass an open_clip tag: "
                 f"{open_clip.list_pretrained_tags_by_model(arch) or 'none known'}")
+        from .preflight import WeightFile, reading, require_intact
+
+        require_intact([WeightFile("CLIP checkpoint", path, WEIGHTS_HINT)])   # truncated / corrupt: one line
         if _is_torchscript(path):
             logger.info("loading OpenAI TorchScript checkpoint %s", path)
-            model = open_clip.load_openai_model(str(path), precision=precision, device=device)
+            with reading(path, "CLIP checkpoint", WEIGHTS_HINT):
+                model = open_clip.load_openai_model(str(path), precision=precision, device=device)
             cfg = open_clip.get_model_config(arch) or {}
             size = cfg.get("vision_cfg", {}).get("image_size", model.visual.image_size)
             preprocess = open_clip.image_transform(size, is_train=False)
@@ -126,8 +129,12 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
     elif pretrained is not None and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
         raise ModelNameError(f"unknown pretrained tag '{pretrained}' for '{arch}'. Known tags: "
                              f"{open_clip.list_pretrained_tags_by_model(arch)}; or pass a local checkpoint path")
+    from .preflight import reading
+
+    local = pretrained is not None and Path(pretrained).is_file()
     try:
-        with quiet_random_init(pretrained is None):   # random weights are what was asked for: no warning
+        with quiet_random_init(pretrained is None), \
+                reading(pretrained if local else "", "CLIP checkpoint", WEIGHTS_HINT) if local else nullcontext():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device, precision=precision)
     except RuntimeError as e:
@@ -137,6 +144,17 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
                 f"the checkpoint elsewhere, put it under pretrained/clip/ and pass its path.") from e
         raise
     return model.eval(), preprocess, open_clip.get_tokenizer(arch)
+
+
+def unknown_arch_message(name: str, arch: str, known: Sequence[str]) -> str:
+    """The error for an unknown architecture: the near matches first (difflib), then every name."""
+    import difflib
+
+    lower = {k.lower(): k for k in known}   # case is no clue: vit-l-14 means ViT-L-14
+    near = [lower[n] for n in difflib.get_close_matches(arch.lower(), list(lower), n=5, cutoff=0.6)]
+    first = f" Did you mean {', '.join(near)}?" if near else ""
+    return (f"unknown CLIP architecture '{name}'.{first} Register your own with config_file=<arch>.json; "
+            f"all {len(known)} known: {', '.join(known)}")
 
 
 HF_PREFIX = "hf:"
@@ -275,16 +293,42 @@ def _is_path(value: str | None) -> bool:
     return bool(value) and ("/" in value or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors"))
 
 
-def checkpoint_problems(cfg: dict) -> list[str]:
-    """Missing checkpoint / architecture files of a run config's policy model and, when its method
-    needs one, reward model(s): one human-readable line each (the scripts' pre-flight check)."""
+def _model_specs(cfg: dict) -> list[tuple[str, dict]]:
+    """``(what, spec)`` of a run config's policy model and, when its method needs one, reward model(s)."""
     import rlcf
 
     specs = [("policy model", cfg["model"])]
     if rlcf.get_method(cfg["method"]).needs_reward:
         specs += [("reward model", s) for s in (cfg["reward"]["ensemble"] or [cfg["reward"]])]
+    return specs
+
+
+def spec_weight_files(what: str, spec: dict) -> list:
+    """The local weight files (:class:`tasks.common.preflight.WeightFile`) a CLIP spec ``{arch, pretrained}`` reads:
+    its checkpoint, or its Hugging Face folder."""
+    from .preflight import WeightFile
+
+    if not isinstance(spec, dict):
+        return []
+    if is_hf(spec.get("arch")):
+        return [WeightFile(f"{what} (Hugging Face folder)", hf_folder(spec["arch"]), HF_HINT)]
+    if _is_path(spec.get("pretrained")):
+        return [WeightFile(f"{what} checkpoint", Path(spec["pretrained"]).expanduser(), WEIGHTS_HINT)]
+    return []
+
+
+def weight_files(cfg: dict) -> list:
+    """Every CLIP weight file a run config of the policy / reward kind (classification, retrieval) reads."""
+    return [w for what, spec in _model_specs(cfg) for w in spec_weight_files(what, spec)]
+
+
+def checkpoint_problems(cfg: dict) -> list[str]:
+    """Missing or damaged checkpoint / architecture files of a run config's policy model and, when its method
+    needs one, reward model(s): one human-readable line each (the scripts' pre-flight check)."""
+    from .preflight import weight_problems
+
     out = []
-    for what, spec in specs:
+    for what, spec in _model_specs(cfg):
         if is_hf(spec.get("arch")):
             folder = hf_folder(spec["arch"])
             if not (folder / "config.json").is_file():
@@ -298,7 +342,7 @@ def checkpoint_problems(cfg: dict) -> list[str]:
             out.append(f"{what} checkpoint not found: {spec['pretrained']}. {WEIGHTS_HINT}")
         if spec.get("config_file") and not repo_path(spec["config_file"]).is_file():
             out.append(f"{what} config not found: {spec['config_file']}")
-    return out
+    return out + weight_problems(weight_files(cfg))
 
 
 @torch.no_grad()

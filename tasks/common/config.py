@@ -7,6 +7,7 @@ exist in the defaults; a wrong key or a value of the wrong type is an error nami
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 from .data import UserError, repo_path
 
 __all__ = ["load_config", "merge", "apply_overrides", "dump_config", "expand_env", "for_set", "ConfigKeyError",
-           "ConfigTypeError", "ConfigValueError"]
+           "ConfigTypeError", "ConfigValueError", "config_help", "key_meaning", "dataclass_meanings"]
 
 
 class ConfigKeyError(UserError, KeyError):
@@ -170,3 +171,70 @@ def for_set(cfg: Mapping[str, Any], set_id: str) -> dict:
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
+
+
+def dataclass_meanings(cls: type, prefix: str) -> dict[str, str]:
+    """``{prefix.field: one-line meaning}`` from a dataclass docstring's ``Attributes:`` (or ``Args:``) section,
+    whose entries read ``name[, name...]: meaning`` (several on one line separated by ``; ``)."""
+    import inspect
+    import re
+    from dataclasses import fields
+
+    doc = inspect.getdoc(cls) or ""
+    m = re.search(r"^(Attributes|Args):\n(.*?)(?:\n\S|\Z)", doc, re.S | re.M)
+    entries: list[str] = []
+    for line in (m.group(2) if m else "").splitlines():
+        if re.match(r"^ {4}\S", line):
+            entries.append(line.strip())
+        elif entries and line.strip():
+            entries[-1] += " " + line.strip()
+    out: dict[str, str] = {}
+    names = {f.name for f in fields(cls)}
+    for entry in entries:
+        for part in re.split(r";\s+(?=[\w, ]+:\s)", entry):
+            head, _, text = part.partition(":")
+            for name in (n.strip() for n in head.split(",")):
+                if name in names and text.strip():
+                    out[f"{prefix}.{name}"] = _one_line(text)
+    return out
+
+
+def _one_line(text: str, width: int = 110) -> str:
+    import re
+
+    text = re.sub(r":\w+:`([^`]*)`", r"\1", " ".join(text.replace("``", "").split()))
+    first = re.split(r"(?<!e\.g)(?<!i\.e)(?<!\beq)(?<!\bvs)\.\s", text)[0].rstrip(".")
+    return first if len(first) <= width else first[:width - 3].rsplit(" ", 1)[0] + "..."
+
+
+def _flat_keys(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out += _flat_keys(v, key)
+        else:
+            out.append((key, v))
+    return out
+
+
+def key_meaning(key: str, meanings: Mapping[str, str]) -> str:
+    """The meaning of ``key``: an exact entry of ``meanings``, else the first ``fnmatch`` pattern that matches it."""
+    import fnmatch
+
+    if key in meanings:
+        return meanings[key]
+    return next((v for pattern, v in meanings.items() if "*" in pattern and fnmatch.fnmatchcase(key, pattern)), "")
+
+
+def config_help(defaults: Mapping[str, Any], meanings: Mapping[str, str] | None = None) -> str:
+    """One line per config key: ``key = default  meaning`` (see :func:`key_meaning`)."""
+    rows = []
+    for key, value in _flat_keys(defaults):
+        shown = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip() \
+            if not isinstance(value, str) else (value if value.isprintable() and value.strip() == value and value
+                                                else json.dumps(value))
+        if len(shown) > 48:
+            shown = shown[:45] + "..."
+        rows.append(f"  {key} = {shown}  {key_meaning(key, meanings or {})}".rstrip())
+    return "\n".join(rows) + "\n"

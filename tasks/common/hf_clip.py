@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -303,14 +303,19 @@ def hf_preprocess(processor: Any) -> Callable[[Any], Tensor]:
     return T.Compose(steps)
 
 
-def _missing(path: str | Path, what: str) -> MissingDataError:
+def _download_hint(path: str | Path) -> str:
+    """How to get the HF folder ``path`` (nothing is downloaded here)."""
     text = str(path)
     looks_like_repo = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
     repo = text if looks_like_repo else "<hub-id, e.g. openai/clip-vit-base-patch16 or google/siglip-base-patch16-224>"
     folder = f"pretrained/hf/{text.split('/')[-1]}" if looks_like_repo else text
-    return MissingDataError(
-        f"{what} (HF transformers model folder '{text}'). Nothing is downloaded here: on a machine with network "
-        f"access run `{hub_download_command(repo, folder)}`, then pass that folder (model.arch=hf:{folder}).")
+    return (f"on a machine with network access run `{hub_download_command(repo, folder)}`, then pass that folder "
+            f"(model.arch=hf:{folder}).")
+
+
+def _missing(path: str | Path, what: str) -> MissingDataError:
+    return MissingDataError(f"{what} (HF transformers model folder '{path}'). Nothing is downloaded here: "
+                            + _download_hint(path))
 
 
 @contextmanager
@@ -362,11 +367,17 @@ def load_hf_clip(path: str | Path, device: str | torch.device = "cpu", dtype: to
              ("image processor (preprocessor_config.json)",
               lambda: AutoImageProcessor.from_pretrained(p, local_files_only=True)),
              ("tokenizer", lambda: AutoTokenizer.from_pretrained(p, local_files_only=True))]
+    from .preflight import WeightFile, hf_weight_files, reading, require_intact
+
+    weights = WeightFile("Hugging Face model weights", p, _download_hint(path))
+    require_intact([weights])   # a truncated or corrupt weights file: one line naming it, before any load
     loaded = []
     with _quiet_progress():
         for what, load in steps:
             try:
-                loaded.append(load())
+                with reading((hf_weight_files(p) or [p])[0], weights.what, weights.hint) if not loaded \
+                        else nullcontext():
+                    loaded.append(load())
             except OSError as e:
                 raise _missing(path, f"could not load the {what} from '{p}': {e}") from e
     model, processor, tok = loaded

@@ -13,13 +13,14 @@ Records go to ``<out_dir>/records-<rank>.jsonl``, one JSON line per sample, appe
 as soon as a sample is done. Killed at any moment, a rerun reads every ``records-*.jsonl`` in the
 folder, drops a truncated last line, skips the samples already recorded and continues; the merged
 result equals an uninterrupted run. An online task (state carried across samples) replays the
-recorded samples in stream order to rebuild its state, without writing them again. Under ``torchrun`` each rank takes the disjoint shard
-``order[rank::world_size]``; rank 0 merges once every rank is done.
+recorded samples in stream order to rebuild its state, without writing them again. An error record (a sample
+that could not be loaded or processed) is tried again by a rerun unless ``keep_errors``. Under ``torchrun`` each
+rank takes the disjoint shard ``order[rank::world_size]``; rank 0 merges once every rank is done.
 
 A ``fingerprint`` (what determines a record: the config without its bookkeeping keys, see
 :func:`result_fingerprint`) is kept in ``<out_dir>/fingerprint.json``: records made under another
-one are never mixed in (an error naming the differing keys, or, with ``on_change="restart"``, a
-warning and a fresh start).
+one are never mixed in (a one-line :class:`tasks.common.outdir.FolderInUseError` naming the differing keys, or,
+with ``on_change="restart"``, the old records moved aside into ``<out_dir>/old-<date>/`` and a fresh start).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .progress import bar_interval
 from .batching import peak_memory_mb as _peak_memory_mb
@@ -42,7 +44,8 @@ from .data import loader_workers
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Task", "run", "read_records", "dist_info", "sample_order", "init_distributed", "barrier", "result_fingerprint"]
+__all__ = ["Task", "run", "read_records", "dist_info", "sample_order", "init_distributed", "barrier", "result_fingerprint",
+           "stratified", "subset_description"]
 
 
 class Task(Protocol):
@@ -77,7 +80,8 @@ def init_distributed() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
-RUN_BOOKKEEPING = ("out_dir", "workers", "limit", "device", "allow_online_sharding", "save_logits", "batch")
+RUN_BOOKKEEPING = ("out_dir", "workers", "limit", "device", "allow_online_sharding", "save_logits", "batch", "restart",
+                   "keep_errors", "allow_errors")
 
 
 def result_fingerprint(cfg: dict) -> dict:
@@ -89,34 +93,22 @@ def result_fingerprint(cfg: dict) -> dict:
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def _check_fingerprint(out: Path, fingerprint: dict, on_change: str) -> None:
-    """Compare with ``<out>/fingerprint.json`` (rank 0 only); keep, restart or raise; write it."""
+    """Compare with ``<out>/fingerprint.json`` (rank 0 only); resume, move the old records aside
+    (``on_change="restart"``) or refuse (:class:`tasks.common.outdir.FolderInUseError`); write it."""
+    from .outdir import check_folder, move_aside
+
     path = out / "fingerprint.json"
     fp = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
-    legacy = not path.is_file() and any(out.glob("records-*.jsonl"))   # records from before fingerprints
-    if path.is_file() or legacy:
-        old, new = (_flat(json.loads(path.read_text())) if path.is_file() else {"?": "unknown"}), _flat(fp)
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if legacy and on_change != "restart":
+    if not path.is_file() and any(out.glob("records-*.jsonl")):   # records from before fingerprints
+        if on_change == "restart":
+            move_aside(out, why=["unknown (no fingerprint.json)"])
+        else:
             logger.warning("%s has records but no fingerprint.json (an older version): resuming them as they are", out)
-            changed = []
+    else:
+        changed = check_folder(out, fp, restart=on_change == "restart")
         if changed:
-            if on_change != "restart":
-                raise RuntimeError(f"{out} holds records made with another configuration (differs in: "
-                                   f"{', '.join(changed[:8])}): choose another run.out_dir, or delete {out} to start over")
-            logger.warning("%s: configuration changed (%s): discarding its records and starting over", out,
-                           ", ".join(changed[:8]))
-            for f in [*out.glob("records-*.jsonl"), out / "summary.json", out / "summary.md"]:
-                f.unlink(missing_ok=True)
+            move_aside(out, why=changed)
     path.write_text(json.dumps(fp, indent=1, sort_keys=True))
 
 
@@ -146,12 +138,16 @@ def loader_permutation(n: int, seed: int) -> list[int]:
 
 
 def sample_order(n: int, limit: int | None = None, shuffle_seed: int | None = None,
-                 shuffle: str = "python") -> list[int]:
-    """Dataset indices in processing order: sequential, or a seeded shuffle; first ``limit``.
+                 shuffle: str = "python", strata: Sequence[Any] | None = None) -> list[int]:
+    """Dataset indices in processing order: sequential, or a seeded shuffle; ``limit`` of them.
 
     Args:
         shuffle: with a ``shuffle_seed``: ``"python"`` (``random.Random(seed).shuffle``) or
             ``"torch_loader"`` (:func:`loader_permutation`, the official online methods' stream).
+        strata: the class of every sample (``n`` values); with a ``limit`` and no ``shuffle_seed``, the
+            ``limit`` samples are a class-stratified subset (the first sample of every class in dataset order,
+            then the second of every class, ...), processed in dataset order. Without strata a ``limit`` takes
+            the first ``limit`` samples of the order (a seeded order: a seeded random subset).
     """
     if shuffle not in SHUFFLES:
         raise ValueError(f"shuffle must be one of {SHUFFLES}, got '{shuffle}'")
@@ -161,7 +157,41 @@ def sample_order(n: int, limit: int | None = None, shuffle_seed: int | None = No
             order = loader_permutation(n, shuffle_seed)
         else:
             random.Random(shuffle_seed).shuffle(order)
-    return order[:limit] if limit is not None else order
+    if limit is None:
+        return order
+    if strata is not None and shuffle_seed is None:
+        return sorted(stratified(strata, limit))
+    return order[:limit]
+
+
+def stratified(strata: Sequence[Any], limit: int) -> list[int]:
+    """``limit`` indices taking the classes of ``strata`` in turn (round robin in order of first appearance; within a
+    class in dataset order): every class is covered once ``limit`` reaches the number of classes, and a larger
+    ``limit`` keeps every index a smaller one took (a rerun with a larger limit resumes)."""
+    by_class: dict[Any, list[int]] = {}
+    for i, c in enumerate(strata):
+        by_class.setdefault(c, []).append(i)
+    out: list[int] = []
+    rank = 0
+    while len(out) < min(limit, len(strata)):
+        for members in by_class.values():
+            if rank < len(members) and len(out) < limit:
+                out.append(members[rank])
+        rank += 1
+    return out
+
+
+def subset_description(n: int, limit: int | None, shuffle_seed: int | None, stratified_by: int | None,
+                       online: bool) -> str:
+    """What ``run.limit`` took, in words (logged and kept in the summary)."""
+    if limit is None or limit >= n:
+        return f"all {n} samples"
+    if shuffle_seed is not None:
+        return f"a seeded random subset of {limit} of {n} samples (run.shuffle_seed={shuffle_seed})"
+    if stratified_by:
+        return f"a class-stratified subset of {limit} of {n} samples ({stratified_by} classes, taken in turn)"
+    what = "the stream" if online else "the dataset"
+    return f"the first {limit} of {n} samples of {what} (set run.shuffle_seed for a seeded random subset)"
 
 
 def _repair(path: Path) -> None:
@@ -175,7 +205,8 @@ def _repair(path: Path) -> None:
 
 
 def read_records(out_dir: str | Path) -> dict[int, dict]:
-    """Every complete record in ``out_dir/records-*.jsonl``, by sample index (first wins)."""
+    """Every complete record in ``out_dir/records-*.jsonl``, by sample index: the first one, unless it is an error
+    record and a later one (a retry) follows."""
     found: dict[int, dict] = {}
     for path in sorted(Path(out_dir).glob("records-*.jsonl")):
         with open(path, encoding="utf-8") as f:
@@ -183,7 +214,9 @@ def read_records(out_dir: str | Path) -> dict[int, dict]:
                 if not line.endswith("\n"):
                     break  # truncated tail, repaired before the next append
                 rec = json.loads(line)
-                found.setdefault(int(rec["index"]), rec)
+                i = int(rec["index"])
+                if i not in found or "error" in found[i]:   # a retried error record: the later record wins
+                    found[i] = rec
     return found
 
 
@@ -223,7 +256,7 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
         shuffle_seed: int | None = None, allow_online_sharding: bool = False, shuffle: str = "python",
         device: torch.device | None = None, desc: str = "samples", meta: dict | None = None,
         shard: bool = True, fingerprint: dict | None = None, on_change: str = "error",
-        batch: int | str | None = None, leave: bool = True) -> dict | None:
+        batch: int | str | None = None, leave: bool = True, keep_errors: bool = False) -> dict | None:
     """Process every pending sample of ``task`` and return the summary (rank 0; ``None`` elsewhere).
 
     Args:
@@ -231,7 +264,9 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
         out_dir: folder of the records, ``summary.json`` and ``summary.md``.
         workers: DataLoader workers for ``task.load`` (0 = in-process; at most the available cores,
             :func:`tasks.common.data.loader_workers`).
-        limit: process only the first ``limit`` samples of the order.
+        limit: process only ``limit`` samples: a class-stratified subset when the task gives its samples'
+            classes (``task.strata()``, episodic tasks without ``shuffle_seed``), else the first ``limit`` of the
+            order (:func:`sample_order`); the summary's ``subset`` says which.
         shuffle_seed: process in a seeded random order (recorded in the summary), else dataset order.
         shuffle: how ``shuffle_seed`` shuffles (:func:`sample_order`). An online method's result
             depends on the stream order: the official TDA / -M runs read a shuffled stream.
@@ -247,6 +282,8 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
             (:mod:`tasks.common.batching`); ``None`` / 1: one at a time. Records, resume and sharding stay
             per sample, and the records equal an unbatched run's.
         leave: keep the finished progress bar on the console (``False``: the main job, one bar per stage).
+        keep_errors: keep the error records of an earlier run as they are; by default their samples are tried
+            again (a retry that fails the same way leaves the record as it was).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,16 +297,25 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
             _check_fingerprint(out, fingerprint, on_change)
         if world > 1:
             barrier()
-    order = sample_order(len(task), limit, shuffle_seed, shuffle)
-    done = read_records(out)
     online = bool(getattr(task, "online", False))
+    strata = task.strata() if limit is not None and not online and hasattr(task, "strata") else None
+    order = sample_order(len(task), limit, shuffle_seed, shuffle, strata)
+    subset = subset_description(len(task), limit, shuffle_seed, len(set(strata)) if strata is not None else None,
+                                online)
+    if limit is not None and rank == 0:
+        logger.info("run.limit=%d: %s", limit, subset)
+    done = read_records(out)
+    retry = set() if keep_errors else {i for i in order if i in done and "error" in done[i]}
+    settled = {i for i in done if i not in retry}
     # an online task's state depends on every earlier sample: recorded ones are replayed, not re-written
-    shard = [i for i in order[rank::world] if online or i not in done]
-    if online and all(i in done for i in shard):
+    shard = [i for i in order[rank::world] if online or i not in settled]
+    if online and all(i in settled for i in shard):
         shard = []
-    n_done = sum(i in done for i in order[rank::world])
-    (logger.info if n_done and rank == 0 else logger.debug)(
-        "rank %d/%d: %d samples in shard, %d already recorded", rank, world, len(order[rank::world]), n_done)
+    n_done = sum(i in settled for i in order[rank::world])
+    n_retry = sum(i in retry for i in order[rank::world])
+    (logger.info if (n_done or n_retry) and rank == 0 else logger.debug)(
+        "rank %d/%d: %d samples in shard, %d already recorded%s", rank, world, len(order[rank::world]), n_done,
+        f", {n_retry} error records tried again (run.keep_errors=true keeps them)" if n_retry else "")
     path = out / f"records-{rank}.jsonl"
     _repair(path)
     if device is not None and device.type == "cuda":
@@ -277,8 +323,11 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
     if batch not in (None, 1) and online:
         raise RuntimeError("this method is online (state carried across the stream): its stream order is the "
                            "method, so it cannot adapt samples in batches; use run.batch=1")
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a", encoding="utf-8") as f, logging_redirect_tqdm():
         def write(rec: dict) -> None:
+            old = done.get(rec["index"]) if rec["index"] in retry else None
+            if old is not None and rec.get("error") == old.get("error"):
+                return   # a retry that failed the same way: the record stays as it was
             f.write(json.dumps(rec) + "\n")
             f.flush()
 
@@ -291,7 +340,7 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
             process_batched(task, bar, batch, write, device, lambda: round(_peak_memory_mb(device), 1))
         else:
             for i, sample, err in bar:
-                if i in done:   # online replay
+                if i in settled:   # online replay
                     if err is None:
                         task.process(i, sample)
                     continue
@@ -301,7 +350,7 @@ def run(task: Task, out_dir: str | Path, workers: int = 0, limit: int | None = N
     if rank != 0:
         return None
     return merge(task, out, order, meta=dict(meta or {}, world_size=world, shuffle_seed=shuffle_seed,
-                                                 shuffle=shuffle if shuffle_seed is not None else None))
+                                                 shuffle=shuffle if shuffle_seed is not None else None, subset=subset))
 
 
 def merge(task: Task, out_dir: str | Path, order: Sequence[int], meta: dict | None = None) -> dict:

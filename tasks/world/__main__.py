@@ -28,12 +28,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     splits and the models between two 1-thread processes (what ``scripts/demo.sh`` does on 2+ cores).
     """
 
-    ap = argparse.ArgumentParser(description="Build the embedded world and train its CLIP models.")
-    ap.add_argument("--data-root", default="data/world")
-    ap.add_argument("--model-root", default="pretrained/world")
+    from ..common.cli import HelpFormatter
+
+    ap = argparse.ArgumentParser(description="Build the embedded world and train its CLIP models.",
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--data-root", default="data/world", help="where the world's images are written")
+    ap.add_argument("--model-root", default="pretrained/world", help="where the world's CLIPs are cached")
     ap.add_argument("--retrain", action="store_true", help="ignore cached checkpoints")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 2, or 1 per torchrun rank)")
-    ap.add_argument("--splits", nargs="*", default=list(EVAL_SPLITS))
+    ap.add_argument("--splits", nargs="*", default=list(EVAL_SPLITS), help="evaluation splits to build")
     ap.add_argument("--seed", type=int, default=0, help="world-model seed (policy and reward; the filter is shared)")
     ap.add_argument("--limit", type=int, default=200, help="samples per split of the headroom rows (views)")
     ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
