@@ -5,7 +5,8 @@
 
 ``paper``: the official ClipCap transformer mapper (ViT-B/16 prefix 512 -> 40 x 768, 40 constants, 8
 layers, 8 heads) over a randomly initialised OPT-125m (``OPTConfig()``'s defaults are OPT-125m's: 12
-layers, width 768, vocabulary 50,272) in fp16 as the official code loads it, with a word-level tokenizer
+layers, width 768, vocabulary 50,272) in ``--lm-dtype`` (``auto``: fp16 on CUDA as the official code loads it,
+float32 on CPU, the configs' ``captioner.lm_dtype: auto``), with a word-level tokenizer
 of the same vocabulary size (no download); ViT-L/14 reward; K = 10 beams, 4 steps, official token loss,
 ``amp=auto`` (fp16 + GradScaler on CUDA). With random weights the LM never emits its stop token, so
 every beam search runs the full 50 new tokens: the worst case of the real model.
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    ap.add_argument("--lm-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                    help="the paper preset's OPT weights (auto: float16 on CUDA, float32 on CPU)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--images", type=int, default=3, help="timed images (after 1 warm-up)")
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.preset == "paper":
         clip, _, _ = load_clip("ViT-B-16", None, device=device)
         rclip, _, rtok = load_clip("ViT-L-14", None, device=device)
-        cap = paper_captioner(device, torch.float16 if device.type == "cuda" else torch.float32)
+        from tasks.common.precision import resolve_dtype
+
+        cap = paper_captioner(device, resolve_dtype(args.lm_dtype, device, args.amp, "--lm-dtype"))
         res = 224
     else:
         clip, _, _ = load_clip("RLCF-Tiny-Test", None, device=device, config_file=FIX / "RLCF-Tiny-Test.json")
@@ -97,12 +102,13 @@ def main(argv: list[str] | None = None) -> dict:
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    row = {"preset": args.preset, "device": name, "precision": method.precision, "k": args.k, "steps": args.steps,
-           "s_per_image": statistics.median(times), "peak_mb": peak}
-    print("| captioner | device | precision | K | steps | s/image (median) | peak memory (MB) |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {'ClipCap + OPT-125m' if args.preset == 'paper' else 'tiny'} | {name} | {row['precision']} | {args.k} | "
-          f"{args.steps} | {row['s_per_image']:.3f} | {peak:.0f} |")
+    lm = str(next(cap.lm.parameters()).dtype).replace("torch.", "")
+    row = {"preset": args.preset, "device": name, "precision": method.precision, "lm_dtype": lm, "k": args.k,
+           "steps": args.steps, "s_per_image": statistics.median(times), "peak_mb": peak}
+    print("| captioner | device | precision | LM weights | K | steps | s/image (median) | peak memory (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {'ClipCap + OPT-125m' if args.preset == 'paper' else 'tiny'} | {name} | {row['precision']} | {lm} | "
+          f"{args.k} | {args.steps} | {row['s_per_image']:.3f} | {peak:.0f} |")
     if args.profile:
         x = torch.randn(1, 3, res, res, device=device)
         row["phases"] = profile_phases(lambda: method(x), PHASES, device, f"caption TTA, {args.preset}, K={args.k}, "

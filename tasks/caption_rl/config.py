@@ -18,7 +18,7 @@ from .lora import add_lora, set_active
 from .presets import EVAL_SECTION
 from .recipe import dataclass_from, get_recipe, list_recipes, load_recipes, plain_section
 
-__all__ = ["defaults", "load_rl_config", "prepare_captioner", "loop_config"]
+__all__ = ["defaults", "load_rl_config", "prepare_captioner", "loop_config", "meanings"]
 
 _P = "${PRETRAINED:-pretrained}"
 _D = "${DATA_ROOT:-data}"
@@ -96,3 +96,54 @@ def loop_config(recipe: str, cfg: dict) -> LoopConfig:
     extra = {"seed": cfg["run"]["seed"], "caption_choice": cfg["data"]["caption_choice"],
              "need_captions": cls.needs_captions, "negatives": cls.negatives(cfg)}
     return dataclass_from(LoopConfig, {**cfg["optim"], **extra})
+
+
+def meanings() -> dict[str, str]:
+    """The one-line meaning of every config key (``--help``): the recipes' and the loop's dataclass docs, and these."""
+    from tasks.common.cli import COMMON_MEANINGS, clip_meanings
+    from tasks.common.config import dataclass_meanings
+
+    from .decoding import DecodingConfig
+
+    recipes = {}
+    for name in load_recipes():   # each recipe documents its own section
+        cls = get_recipe(name)
+        for sub, doc in cls.option_docs.items():
+            recipes.update(dataclass_meanings(doc, f"{cls.section}.{sub}" if sub else cls.section))
+    out = {**COMMON_MEANINGS, **recipes, **dataclass_meanings(LoopConfig, "optim"),
+           **{f"*.decoding*.{k.split('.', 1)[1]}": v for k, v in dataclass_meanings(DecodingConfig, "d").items()},
+           "*.decoding*.preset": "a named decoding preset (tasks/caption_rl/decoding.py); null fields take its values",
+           **clip_meanings("vlrm.phi", "VLRM-RS's Phi CLIP"), **clip_meanings("eval", "the evaluation CLIP")}
+    return out | {
+        "recipe": "gt_contrastive (ground-truth-guided contrastive) | vlrm (A2C) | vlrm_retrieval (VLRM-RS)",
+        "captioner.checkpoint": "the supervised captioner to start from (tasks.captioning.train, or official)",
+        "captioner.lm": "the local OPT folder",
+        "captioner.lm_dtype": "LM weights: float32 (default) | auto (float16 on CUDA, float32 on CPU) | float16 | "
+                              "bfloat16",
+        "captioner.max_new_tokens": "caption length limit", "captioner.stop_token": "the caption's end token",
+        "captioner.train_lm": "train the whole LM too (the official OFA fine-tuning), not only the mapper",
+        "captioner.lora.*": "peft LoRA adapters on a frozen LM: enabled, target modules, rank r, alpha, on the "
+                            "policy and / or the value head",
+        "model.*": "the prefix CLIP (the captioner's image encoder): arch, pretrained, config_file",
+        "data.annotations": "training annotations (Karpathy / LAVIS COCO)", "data.images_root": "training images",
+        "data.split": "Karpathy split", "data.limit": "use the first N training images only",
+        "data.feature_dir": "feature cache folder (shared with the supervised run)",
+        "data.neighbours": "hard-negative neighbours mined per image (gt_contrastive)",
+        "data.neighbour_keys": "what neighbours are mined on: caption | image",
+        "data.rows": "caption (one row per ground-truth caption) | image", "data.caption_choice": "first | random",
+        "eval.enabled": "evaluate on the test split (during and after training)",
+        "eval.preset": "default | vlrm | chaffin: the evaluation CLIP, decoding and Self-BLEU of that paper",
+        "eval.tag": "the evaluation CLIP's open_clip pretrained tag", "eval.self_bleu_n": "Self-BLEU order",
+        "eval.strip_periods": "drop final periods before the metrics", "eval.annotations": "test annotations",
+        "eval.images_root": "test images", "eval.split": "test split", "eval.limit": "first N test images only",
+        "eval.coco": "COCO caption metrics (needs pycocoevalcap: pip install -e \".[caption]\")",
+        "eval.meteor": "METEOR: null = when Java is there", "eval.tokenizer": "auto | ptb | simple",
+        "gt.disc_checkpoint": "start the discriminator from this file (else pre-train it: gt.disc_pretrain)",
+        "gt.disc_pretrain.out": "where the pre-trained discriminator goes (null: <run.out_dir>/discriminator-pretrained.pt)",
+        "vlrm.penalties.*": "VLRM's penalties: bad phrases, repeats, years; a phrase file, extra and dropped phrases",
+        "vlrm.itm.path": "the BLIP-2 ITM folder (vlrm.sim=itm)",
+        "vlrm.itm.dtype": "ITM weights: float32 | auto (float16 on CUDA, float32 on CPU) | float16 | bfloat16",
+        "vlrm.itm.batch_size": "ITM pairs scored at once", "vlrm.itm.max_length": "ITM text length limit",
+        "vlrm.phi.tag": "the Phi CLIP's open_clip pretrained tag",
+        "run.threads": "torch CPU threads (null: torch's default)",
+    }

@@ -120,7 +120,8 @@ class Recipe:
         name: its registry name (set by :func:`register_recipe`); section: its config section (``"gt"``,
         ``"vlrm"``); needs_captions: batches carry one ground-truth caption per image; lora_adapters: the LoRA
         adapters it can train (``("policy",)``, A2C also ``"value"``); ablations: ``{name: overrides}`` of the
-        embedded-world runs; world_overrides: its settings in the embedded world (:mod:`tasks.caption_rl.world`).
+        embedded-world runs; world_overrides: its settings in the embedded world (:mod:`tasks.caption_rl.world`);
+        option_docs: the dataclasses documenting its section's keys (``--help``).
     """
 
     name: ClassVar[str] = ""
@@ -129,6 +130,8 @@ class Recipe:
     lora_adapters: ClassVar[tuple[str, ...]] = ("policy",)
     ablations: ClassVar[dict[str, list[str]]] = {}
     world_overrides: ClassVar[list[str]] = []
+    #: ``{sub-section: options dataclass}`` whose docstrings give ``--help`` its key meanings (``""``: the section)
+    option_docs: ClassVar[dict[str, type]] = {}
 
     captioner: PrefixCaptioner
 

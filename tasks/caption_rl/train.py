@@ -37,7 +37,8 @@ from ..common import cli
 from ..common.clip import build_clip, resolve_device
 from ..common.config import dump_config
 from ..common.data import MissingDataError, require_path
-from .config import load_rl_config, loop_config, prepare_captioner
+from ..common.precision import resolve_dtype
+from .config import defaults, load_rl_config, loop_config, meanings, prepare_captioner
 from .data import RLData
 from .decoding import resolve_decoding
 from .presets import load_named_clip, resolve_eval
@@ -68,9 +69,9 @@ def _check_inputs(cfg: dict, recipe: type[Recipe], with_eval: bool = True) -> No
         require_path(e["annotations"], "evaluation annotations", "Set eval.annotations or eval.enabled=false.")
     require_path(c["checkpoint"], "supervised captioner checkpoint", "Train one with scripts/train_clipcap_coco.sh.")
     recipe.check_inputs(cfg)
-    from .check import problems
+    from .check import preflight, problems
 
-    found = problems(cfg if with_eval else {**cfg, "eval": {**e, "enabled": False}})
+    found = problems(cfg if with_eval else {**cfg, "eval": {**e, "enabled": False}}) + preflight(cfg)
     if found:   # the annotations open and their first and random images resolve, before any model is loaded
         raise MissingDataError("; ".join(found))
 
@@ -100,7 +101,8 @@ def setup(cfg: dict, with_eval: bool = True, with_recipe: bool = True) -> Setup:
     if needs.caption_rows:
         data = data.caption_rows()
         logger.info("%d caption rows over %d images (one row per ground-truth caption)", len(data), data.num_images)
-    captioner = load_captioner(c["checkpoint"], c["lm"], device, getattr(torch, c["lm_dtype"]))
+    captioner = load_captioner(c["checkpoint"], c["lm"], device,
+                               resolve_dtype(c["lm_dtype"], device, key="captioner.lm_dtype"))
     captioner.configure(max_new_tokens=c["max_new_tokens"], stop_token=c["stop_token"])
     captioner = prepare_captioner(captioner, c, cfg["recipe"])
     reward = rlcf.CLIPReward(rclip, rtok)
@@ -128,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         argv, __doc__, "YAML file of deltas over the defaults (configs/caption_rl/*.yaml)",
         "key.sub=value overrides, e.g. optim.steps=10 data.limit=256",
         lambda ap: ap.add_argument("--recipe", choices=load_recipes(), default=None,
-                                   help="overrides the config's recipe"))
+                                   help="overrides the config's recipe"),
+        epilog=cli.config_epilog(defaults(), meanings()))
     with cli.expected_errors(args.debug):
         return _run(args)
 

@@ -145,7 +145,9 @@ def main(argv: Sequence[str] | None = None, world: Any = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides of tasks.caption_rl.train.DEFAULTS")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tasks.common.cli import setup_logging
+
+    setup_logging()   # the one logging set-up of every command line (python -m: the __main__ logger too)
     recipe = get_recipe(args.recipe)
     ablation = _ablation_overrides(args.recipe, args.ablation)
     torch.set_num_threads(args.threads)

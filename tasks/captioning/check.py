@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..common.data import probe_samples
 
-__all__ = ["data_problems", "problems", "main"]
+__all__ = ["data_problems", "problems", "main", "weight_files", "damaged_weights", "package_problems", "preflight"]
 
 
 def data_problems(annotations: str | Path, images_root: str | Path | None, split: str = "test",
@@ -48,6 +48,63 @@ def data_problems(annotations: str | Path, images_root: str | Path | None, split
     return [f"{what}: {line}" for line in probe_samples(len(ds), ds.load_image, lambda i: items[i].image, probes)]
 
 
+def weight_files(cfg: dict) -> list:
+    """Every weight file a caption TTA run of ``cfg`` reads: the captioner checkpoint, the LM folder it reads, the
+    policy, reward and evaluation CLIPs (:class:`tasks.common.preflight.WeightFile`)."""
+    from ..common.clip import spec_weight_files
+    from ..common.preflight import WeightFile
+    from .checkpoint import CAPTIONER_HINT
+
+    c = cfg["captioner"]
+    out = []
+    if c["checkpoint"]:
+        out.append(WeightFile("captioner checkpoint", Path(c["checkpoint"]).expanduser(), CAPTIONER_HINT))
+    specs = [("policy CLIP", cfg["model"])] + [("evaluation CLIP", cfg["eval"])] * bool(cfg["eval"]["enabled"])
+    specs += [("reward CLIP", s) for s in (cfg["reward"].get("ensemble") or [cfg["reward"]])]
+    out += [w for what, spec in specs for w in spec_weight_files(what, spec)]
+    return out
+
+
+def _lm_files(cfg: dict) -> list:
+    """The LM folder the captioner checkpoint reads (asked once the checkpoint itself is whole)."""
+    from ..common.preflight import WeightFile
+    from .checkpoint import lm_read_by, opt_hint
+
+    c = cfg["captioner"]
+    if not (c["checkpoint"] and Path(c["checkpoint"]).expanduser().is_file()):
+        return []
+    folder = lm_read_by(c["checkpoint"], c["lm"])
+    return [WeightFile("language model weights", folder, opt_hint(folder))] if folder and folder.is_dir() else []
+
+
+def damaged_weights(cfg: dict) -> list[str]:
+    """One line per damaged (truncated, corrupt) weight file of a caption TTA config."""
+    from ..common.preflight import weight_problems
+
+    found = weight_problems(weight_files(cfg))
+    return found + ([] if found else weight_problems(_lm_files(cfg)))
+
+
+def package_problems(cfg: dict) -> list[str]:
+    """The Python packages the run will need and lacks: pycocoevalcap for the COCO caption metrics (when the
+    annotations hold references)."""
+    from ..common.preflight import package_problems as missing
+
+    d = cfg["data"]
+    try:
+        from .data import load_annotations
+
+        refs = any(it.references for it in load_annotations(d["annotations"], d["split"], d["domain"]))
+    except Exception:  # noqa: BLE001 - the data check names the file
+        refs = True
+    return missing({"pycocoevalcap": "the caption metrics (BLEU, METEOR, ROUGE-L, CIDEr, SPICE)"} if refs else {})
+
+
+def preflight(cfg: dict) -> list[str]:
+    """What a caption TTA run checks before loading any model: missing or damaged weight files, missing packages."""
+    return _weights_problems(cfg)
+
+
 def _weights_problems(cfg: dict) -> list[str]:
     from ..common.clip import _is_path
 
@@ -60,7 +117,7 @@ def _weights_problems(cfg: dict) -> list[str]:
     for what, spec in specs:
         if _is_path(spec.get("pretrained")) and not Path(spec["pretrained"]).is_file():
             out.append(f"{what} checkpoint not found: {spec['pretrained']}")
-    return out
+    return out + damaged_weights(cfg) + package_problems(cfg)
 
 
 def problems(cfg: dict, data_only: bool = False, domains: Sequence[str | None] = ()) -> list[str]:
@@ -79,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..common.config import load_config
     from .task import DEFAULTS
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..common.cli import config_epilog
+    from .task import meanings
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config_epilog(DEFAULTS, meanings()))
     ap.add_argument("--config")
     ap.add_argument("--data-only", action="store_true", help="only the annotations and images")
     ap.add_argument("--domain", action="append", default=[], help="NoCaps domain to check (repeatable; default: "

@@ -18,15 +18,14 @@ Official RLCF checkpoints (``ckpt-latest.pt`` of ``clipcap_opt125m_transformer_c
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from tasks.common.atomic import current_umask, save_atomic
 from tasks.common.data import MissingDataError, hub_download_command
 
 from .model import CaptionerConfig, PrefixCaptioner
@@ -35,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["load_pretrained_lm", "build_word_tokenizer", "tiny_opt", "tiny_captioner", "convert_official_mapper",
            "save_atomic", "captioner_state", "load_captioner", "opt_hint", "hub_download_command",
-           "lm_folder_problems", "current_umask"]
+           "lm_folder_problems", "current_umask", "CAPTIONER_HINT", "lm_read_by"]
 
 #: the files of a hub folder as ``facebook/opt-125m`` ships it (weights: either file, or a sharded index)
 LM_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -48,6 +47,28 @@ def opt_hint(path: str | Path) -> str:
             f"(or `git clone https://huggingface.co/facebook/opt-125m {path}`), and copy the folder here.")
 
 
+
+
+#: how to get a captioner checkpoint again
+CAPTIONER_HINT = ("Train one with scripts/train_clipcap_coco.sh (or train_capdec_coco.sh), or unzip the official release "
+                  "asset clipcap_opt125m_transformer_coco_01.zip / capdec_opt125m_transformer_coco_01.zip "
+                  "(github.com/mzhaoshuai/RLCF/releases/tag/0.0.1) into the output folder.")
+
+
+def lm_read_by(path: str | Path, lm_path: str | Path | None = None) -> Path | None:
+    """The LM folder :func:`load_captioner` reads for the checkpoint ``path`` (``None``: the checkpoint holds its LM).
+    Reads the checkpoint's small object record only (``mmap``: no tensor is read); an unreadable or legacy file
+    answers ``lm_path``."""
+    try:
+        ckpt = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False, mmap=True)
+        state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else {}
+        lm = state.get("lm") if isinstance(state, dict) and str(state.get("format", "")).startswith("rlcf") else None
+    except Exception:  # noqa: BLE001 - the loader names the problem
+        return Path(lm_path).expanduser() if lm_path else None
+    if isinstance(lm, dict) and "state_dict" in lm:
+        return None
+    folder = lm_path or (lm.get("path") if isinstance(lm, dict) else None)
+    return Path(folder).expanduser() if folder else None
 
 
 def lm_folder_problems(path: str | Path) -> list[str]:
@@ -79,15 +100,20 @@ def load_pretrained_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> 
     from transformers import AutoTokenizer, OPTForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from tasks.common.preflight import WeightFile, hf_weight_files, reading, require_intact
+
     p = Path(path).expanduser()
     problems = lm_folder_problems(p)
     if problems:
         raise MissingDataError("; ".join(problems) + ". " + opt_hint(p))
+    weights = WeightFile("language model weights", p, opt_hint(p))
+    require_intact([weights])   # a truncated or corrupt model.safetensors: one line naming it, before the load
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()   # "Loading weights" bar: noise in every run
     try:
-        lm, info = OPTForCausalLM.from_pretrained(str(p), dtype=dtype, local_files_only=True,
-                                                  output_loading_info=True)
+        with reading((hf_weight_files(p) or [p])[0], weights.what, weights.hint):
+            lm, info = OPTForCausalLM.from_pretrained(str(p), dtype=dtype, local_files_only=True,
+                                                      output_loading_info=True)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -200,35 +226,6 @@ def convert_official_mapper(state_dict: dict[str, torch.Tensor], num_heads: int 
     return out, fields
 
 
-def current_umask() -> int:
-    """The process umask (read from ``/proc/self/status`` where it is there, else set and restored)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written). The file
-    gets the mode of any newly created file, ``0o666 & ~umask`` (``tempfile`` alone would leave it 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def captioner_state(captioner: PrefixCaptioner, lm_path: str | Path | None = None) -> dict[str, Any]:
     """The serialisable model part of a checkpoint (mapper; the LM by path or, if trained, by value)."""
     state: dict[str, Any] = {"format": "rlcf-captioner/1", "config": captioner.config.to_dict(),
@@ -253,13 +250,14 @@ def load_captioner(path: str | Path, lm_path: str | Path | None = None, device: 
         lm_dtype: LM weights dtype (official: float16 on GPU).
         config: decoding/architecture overrides for official checkpoints (defaults: official values).
     """
+    from tasks.common.preflight import WeightFile, reading, require_intact
+
     p = Path(path).expanduser()
     if not p.is_file():
-        raise MissingDataError(f"captioner checkpoint '{p}' not found. Train one with scripts/train_clipcap_coco.sh "
-                               "(or train_capdec_coco.sh), or unzip the official release asset "
-                               "clipcap_opt125m_transformer_coco_01.zip / capdec_opt125m_transformer_coco_01.zip "
-                               "(github.com/mzhaoshuai/RLCF/releases/tag/0.0.1) into the output folder.")
-    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        raise MissingDataError(f"captioner checkpoint '{p}' not found. {CAPTIONER_HINT}")
+    require_intact([WeightFile("captioner checkpoint", p, CAPTIONER_HINT)])
+    with reading(p, "captioner checkpoint", CAPTIONER_HINT):
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
     if state.get("format", "").startswith("rlcf-captioner"):
         cfg = CaptionerConfig.from_dict(state["config"])

@@ -63,11 +63,17 @@ def cached(path: str | Path, meta: dict, compute: Callable[[], Tensor]) -> Tenso
     """Features from ``path`` if its ``meta`` matches, else ``compute()`` and save them atomically."""
     p = Path(path)
     if p.is_file():
-        blob = torch.load(p, map_location="cpu", weights_only=False)
+        try:
+            blob = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a damaged cache is recomputed, not fatal
+            logger.warning("feature cache %s does not read (%s: %s): recomputing", p, type(e).__name__,
+                           str(e).splitlines()[0][:120] if str(e) else "")
+            blob = {}
         if blob.get("meta") == meta:
             logger.info("loaded cached features %s %s", p, tuple(blob["features"].shape))
             return blob["features"]
-        logger.warning("feature cache %s was made for %s, not %s: recomputing", p, blob.get("meta"), meta)
+        if blob:
+            logger.warning("feature cache %s was made for %s, not %s: recomputing", p, blob.get("meta"), meta)
     feats = compute().to(torch.float16).cpu()
     save_atomic({"meta": meta, "features": feats}, p)
     logger.info("saved features %s %s", p, tuple(feats.shape))

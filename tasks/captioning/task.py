@@ -29,13 +29,14 @@ from .policy import CaptionPolicy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULTS", "CaptionTask", "caption_metrics", "write_official_results"]
+__all__ = ["DEFAULTS", "CaptionTask", "caption_metrics", "write_official_results", "meanings"]
 
 _P = "${PRETRAINED:-pretrained}"
 DEFAULTS: dict[str, Any] = {
     "method": "rlcf",
     "captioner": {"checkpoint": "${OUTPUT:-output}/clipcap_opt125m_transformer_coco_01/ckpt-latest.pt",
-                  "lm": f"{_P}/opt-125m", "lm_dtype": "float32", "candidates": "beam", "final_beams": 5,
+                  # lm_dtype: auto = adapt.amp's rule (float16 on CUDA, the official OPT setting; float32 on CPU)
+                  "lm": f"{_P}/opt-125m", "lm_dtype": "auto", "candidates": "beam", "final_beams": 5,
                   "max_new_tokens": None, "stop_token": None,   # None: as stored in the checkpoint
                   "token_loss": "clean"},   # official | clean (see CaptionPolicy); the paper configs: official
     "model": {"arch": "ViT-B-16", "pretrained": f"{_P}/clip/ViT-B-16.pt", "config_file": None},
@@ -48,9 +49,36 @@ DEFAULTS: dict[str, Any] = {
              "images_root": "${DATA_ROOT:-data}/flickr30k", "split": "test", "domain": None},
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"} | {"options": {}},
     "run": {"out_dir": "output/captioning/clipcap_c2f", "workers": 2, "limit": None, "shuffle_seed": None,
-            "seed": 0, "device": "auto", "batch": None},
+            "seed": 0, "device": "auto", "batch": None, "restart": False, "keep_errors": False, "allow_errors": False},
 }
 DEFAULTS["adapt"].update(steps=4, lr=2e-6, weight_decay=0.0, eps=1e-6, k=10, selection=1.0)
+
+
+def meanings() -> dict[str, str]:
+    """The one-line meaning of every config key (``--help``)."""
+    from ..common.cli import COMMON_MEANINGS, clip_meanings
+    from ..common.config import dataclass_meanings
+
+    return {**COMMON_MEANINGS, **dataclass_meanings(AdaptConfig, "adapt"),
+            **clip_meanings("eval", "the CLIP of CLIPScore / RefCLIPScore (ViT-B/32 as Hessel et al.)"),
+            "captioner.checkpoint": "the captioner (ckpt-latest.pt of tasks.captioning.train, or an official release)",
+            "captioner.lm": "the local OPT folder (facebook/opt-125m as the hub ships it)",
+            "captioner.lm_dtype": "LM weights: auto (float16 on CUDA, the official setting; float32 on CPU) | float32 "
+                                  "| float16 | bfloat16",
+            "captioner.candidates": "beam (official: K beams) | sample (nucleus sampling)",
+            "captioner.final_beams": "beams of the final caption (official 5)",
+            "captioner.max_new_tokens": "caption length limit (null: as stored in the checkpoint)",
+            "captioner.stop_token": "the caption's end token (null: as stored in the checkpoint)",
+            "captioner.token_loss": "official (the padded-length loss of the official TTA) | clean (own tokens + STOP)",
+            "eval.enabled": "compute CLIPScore / RefCLIPScore with the eval CLIP",
+            "eval.zero_shot": "also caption every image without adaptation (the zero-shot column)",
+            "eval.tokenizer": "caption metrics' tokenizer: auto (PTB when Java is there) | ptb | simple",
+            "eval.meteor": "METEOR: null = when Java is there, true, false",
+            "eval.spice": "SPICE: null = when Java and the CoreNLP jars are there, true, false",
+            "data.annotations": "annotation file: Karpathy / LAVIS JSON, NoCaps, or your CSV (path[,reference...])",
+            "data.images_root": "the images folder (the dataset folder or its images/ folder)",
+            "data.split": "Karpathy split to read (test)",
+            "data.domain": "NoCaps domain: in-domain | near-domain | out-domain (null: all)"}
 
 
 def caption_metrics(items: Sequence[CaptionItem], records: Sequence[dict], key: str = "caption",
@@ -97,6 +125,14 @@ class CaptionTask:
         self.zeroshot = rlcf.create_method("zeroshot", method.policy, amp=method.config.amp) if zero_shot else None
         self.metric_options = dict(metric_options or {})
         self.online = method.online
+        from ..common.precision import component_precisions, reward_module
+
+        policy = method.policy
+        #: what each part computes in (record field ``precisions``): the policy (CLIP encoder + mapper), the LM, the
+        #: reward; ``precision`` is the adaptation's autocast (``adapt.amp``)
+        self.precisions = component_precisions(
+            method.precision, policy=torch.nn.ModuleList([policy.clip_model, policy.captioner.mapper]),
+            lm=policy.captioner.lm, reward=reward_module(method.reward))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -120,6 +156,7 @@ class CaptionTask:
         rec["losses"] = info.get("losses", [])
         rec["flags"] = info.get("flags", [])
         rec["precision"] = self.method.precision
+        rec["precisions"] = self.precisions
         if self.scorer is not None:   # image and references encoded once for both captions
             refs = self.items[i].references
             keys = ["caption"] + (["caption_zeroshot"] if self.zero_shot else [])
@@ -166,7 +203,10 @@ class CaptionTask:
         if cfg["eval"]["enabled"]:
             emodel, _, etok = build_clip(cfg["eval"], device)
             scorer = ClipScorer(emodel, etok)
-        captioner = load_captioner(c["checkpoint"], c["lm"], device, getattr(torch, c["lm_dtype"]))
+        from ..common.precision import resolve_dtype
+
+        lm_dtype = resolve_dtype(c["lm_dtype"], device, cfg["adapt"]["amp"], "captioner.lm_dtype")
+        captioner = load_captioner(c["checkpoint"], c["lm"], device, lm_dtype)
         captioner.configure(**{k: c[k] for k in ("max_new_tokens", "stop_token") if c[k] is not None})
         policy = CaptionPolicy(captioner, clip, candidates=c["candidates"], final_beams=c["final_beams"],
                                token_loss=c["token_loss"]).to(device)

@@ -113,7 +113,12 @@ def train_captioner(captioner: PrefixCaptioner, data: TrainingSet, cfg: TrainCon
     step = 0
     latest = out / "ckpt-latest.pt"
     if resume and latest.is_file():
-        ck = torch.load(latest, map_location="cpu", weights_only=False)
+        from tasks.common.preflight import WeightFile, reading, require_intact
+
+        hint = "it is this run's own checkpoint: move it away (or delete it) to train from the start"
+        require_intact([WeightFile("resume checkpoint", latest, hint)])
+        with reading(latest, "resume checkpoint", hint):
+            ck = torch.load(latest, map_location="cpu", weights_only=False)
         captioner.mapper.load_state_dict(ck["model"]["mapper"])
         if captioner.train_lm:
             captioner.lm.load_state_dict(ck["model"]["lm"]["state_dict"])
@@ -179,34 +184,70 @@ def train_captioner(captioner: PrefixCaptioner, data: TrainingSet, cfg: TrainCon
     return losses
 
 
+#: TrainConfig fields' --help lines (their defaults: the official recipe; CapDec's noise_variance 0.016)
+_FIELD_HELP = {"epochs": "training epochs", "lr": "AdamW learning rate", "weight_decay": "AdamW weight decay",
+               "eps": "AdamW eps", "warmup": "linear warm-up steps", "batch_size": "captions per step",
+               "noise_variance": "CapDec noise variance (clipcap: 0.0; capdec: 0.016)",
+               "save_every": "write ckpt-latest.pt every N steps (and at every epoch end)",
+               "keep_epochs": "keep weights-only copies ckpt-epoch<E>.pt of the last N epochs",
+               "seed": "batch order and CapDec noise", "log_every": "a log line and a train_log.jsonl row every N "
+               "steps (and at the first)"}
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Train a ClipCap / CapDec captioner (frozen OPT, transformer mapper).")
-    ap.add_argument("--mode", choices=["clipcap", "capdec"], default="clipcap")
+    from tasks.common.cli import HelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("--mode", choices=["clipcap", "capdec"], default="clipcap",
+                    help="clipcap: on image embeddings; capdec: on caption embeddings + noise")
     ap.add_argument("--annotations", required=True, help="Karpathy dataset_coco.json or LAVIS coco_karpathy_train.json")
     ap.add_argument("--split", default="train", help="Karpathy split (train = train + restval)")
     ap.add_argument("--images-root", default=None, help="COCO images (ClipCap only; CapDec reads captions only)")
-    ap.add_argument("--clip-arch", default="ViT-B/16")
+    ap.add_argument("--clip-arch", default="ViT-B/16", help="open_clip architecture (OpenAI spelling accepted)")
     ap.add_argument("--clip-weights", required=True, help="OpenAI .pt file or open_clip tag")
     ap.add_argument("--clip-config", default=None, help="open_clip architecture JSON (custom architectures)")
     ap.add_argument("--lm", default="pretrained/opt-125m", help="local OPT folder")
-    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--out-dir", required=True, help="checkpoints, train_log.jsonl, config.json")
     ap.add_argument("--feature-dir", default=None, help="feature cache folder (default: <out-dir>/../features)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers of the feature extraction")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images (debugging)")
-    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--no-resume", action="store_true", help="start from step 0 even if ckpt-latest.pt exists")
+    ap.add_argument("--restart", action="store_true", help="--out-dir holds a run of other settings: move its files "
+                    "aside into old-<date>/ and start afresh (default: refuse, naming what differs)")
     for f in fields(TrainConfig):
         if f.name not in ("amp", "max_tokens", "max_steps"):
-            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
-    ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--no-amp", action="store_true")
-    for name in ("prefix_length", "clip_length", "num_layers", "num_heads"):
-        ap.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    ap.add_argument("--mapping-type", choices=["transformer", "mlp"], default="transformer")
+            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=argparse.SUPPRESS,
+                            help=f"{_FIELD_HELP.get(f.name, f.name)} (default: {f.default})")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all (resumable)")
+    ap.add_argument("--no-amp", action="store_true", help="no fp16 autocast on CUDA")
+    for name, default in (("prefix_length", 40), ("clip_length", 40), ("num_layers", 8), ("num_heads", 8)):
+        ap.add_argument("--" + name.replace("_", "-"), type=int, default=argparse.SUPPRESS,
+                        help=f"mapper {name.replace('_', ' ')} (default: {default}, official)")
+    ap.add_argument("--mapping-type", choices=["transformer", "mlp"], default="transformer", help="the mapper")
     ap.add_argument("--stop-token", default="\n", help='caption end token (OPT: "\\n"); "eos" = the tokenizer\'s EOS')
     ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
     ap.add_argument("--debug", action="store_true", help="full tracebacks for expected errors")
     return ap
+
+
+#: options that do not change what training computes (the folder's fingerprint leaves them out)
+_BOOKKEEPING = ("out_dir", "feature_dir", "device", "workers", "no_resume", "restart", "verbose", "debug", "max_steps",
+                "log_every", "save_every", "keep_epochs")
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Before any model is loaded: the CLIP weights, the LM's weights and a resume checkpoint are whole."""
+    from tasks.common.clip import WEIGHTS_HINT, _is_path
+    from tasks.common.preflight import WeightFile, require_intact
+
+    files = [WeightFile("CLIP checkpoint", Path(args.clip_weights).expanduser(), WEIGHTS_HINT)] \
+        if _is_path(args.clip_weights) else []
+    files.append(WeightFile("language model weights", Path(args.lm).expanduser(), opt_hint(args.lm)))
+    if not args.no_resume:
+        files.append(WeightFile("resume checkpoint", Path(args.out_dir) / "ckpt-latest.pt",
+                                "it is this run's own checkpoint: move it away (or delete it) to train from the start"))
+    require_intact(files)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -222,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def _train(args: argparse.Namespace) -> dict:
     from tasks.common.clip import load_clip
+    from tasks.common.outdir import claim
 
     from .checkpoint import load_pretrained_lm
     from .data import CaptionImageDataset, load_annotations
@@ -233,6 +275,7 @@ def _train(args: argparse.Namespace) -> dict:
         require_path(args.images_root or "", "COCO images folder (with train2014/ and val2014/)",
                      "pass --images-root")
     lm_path = require_path(args.lm, "OPT-125m folder", opt_hint(args.lm))
+    _preflight(args)
     defaults = {"noise_variance": 0.016 if args.mode == "capdec" else 0.0}
     tcfg = TrainConfig(**{**defaults, **{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                                          if getattr(args, f.name, None) is not None}})
@@ -240,6 +283,13 @@ def _train(args: argparse.Namespace) -> dict:
     items = load_annotations(args.annotations, args.split, merge_restval=True)[:args.limit]
     if args.mode == "clipcap":
         CaptionImageDataset(items, args.images_root)   # a wrong images root fails here, before any model
+    # the folder is this run's (a rerun of the same settings resumes), before anything is written or loaded
+    mapper = {k: getattr(args, k, None) for k in ("prefix_length", "clip_length", "num_layers", "num_heads")}
+    fingerprint = {**{k: str(getattr(args, k)) for k in ("mode", "annotations", "split", "images_root", "clip_arch",
+                                                         "clip_weights", "clip_config", "lm", "limit", "mapping_type",
+                                                         "stop_token")},
+                   "mapper": mapper, "train": {k: v for k, v in asdict(tcfg).items() if k not in _BOOKKEEPING}}
+    claim(args.out_dir, fingerprint, restart=args.restart, what="a captioner training")
     clip, preprocess, clip_tok = load_clip(args.clip_arch, args.clip_weights, device=args.device,
                                            config_file=args.clip_config)
     dataset = Path(args.annotations).stem
@@ -252,8 +302,7 @@ def _train(args: argparse.Namespace) -> dict:
                               meta, args.device, args.workers)
     del clip
     lm, tok = load_pretrained_lm(lm_path)
-    over = {k: getattr(args, k) for k in ("prefix_length", "clip_length", "num_layers", "num_heads")
-            if getattr(args, k) is not None}
+    over = {k: v for k, v in mapper.items() if v is not None}
     ccfg = CaptionerConfig(prefix_dim=int(data.features.shape[1]), mapping_type=args.mapping_type,
                            noise_variance=tcfg.noise_variance, stop_token=None if args.stop_token == "eos"
                            else args.stop_token, **over)

@@ -169,8 +169,13 @@ def main(argv: Sequence[str] | None = None, world: Any = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="reuse the captioner and TTA records in --out-dir")
+    ap.add_argument("--verbose", action="store_true", help="third-party INFO logs too")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ..common.cli import setup_logging
+    from ..common.preflight import require_packages
+
+    setup_logging(args.verbose)   # the one logging set-up of every command line (python -m: __main__ too)
+    require_packages({"pycocoevalcap": "the caption metrics"})
     torch.set_num_threads(args.threads)
     n_train = args.n_train or (2000 if args.quick else 8000)
     n_test = args.n_test or (40 if args.quick else 300)

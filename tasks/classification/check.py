@@ -14,8 +14,9 @@ from ..common.clip import checkpoint_problems
 from ..common.config import for_set, load_config
 from ..common.data import probe_samples
 from ..common.providers import is_provider
-from .run import split_set_ids
+from .run import preflight, split_set_ids
 from .task import DEFAULTS
+
 
 def problems(cfg: dict) -> list[str]:
     """Human-readable problems of ``cfg`` (empty when everything it needs is there)."""
@@ -23,6 +24,7 @@ def problems(cfg: dict) -> list[str]:
     if cfg["prompt"]["coop"] and not Path(cfg["prompt"]["coop"]).is_file():
         out.append(f"CoOp prompt checkpoint not found: {cfg['prompt']['coop']} (the official "
                    "coop_16shots_nctx4_cscFalse_ctpend_vitb16_seed1 weights; or set prompt.coop=null for plain RLCF)")
+    out += [p for p in preflight(cfg) if p not in out]   # damaged weight files
     from .datasets import build_dataset
 
     for set_id in split_set_ids(cfg["data"]["set_id"]):
@@ -40,9 +42,11 @@ def problems(cfg: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..common.cli import report_problems
+    from ..common.cli import config_epilog, report_problems
+    from .task import meanings
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config_epilog(DEFAULTS, meanings()))
     ap.add_argument("--config")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)

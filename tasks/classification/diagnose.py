@@ -39,9 +39,9 @@ from ..common.clip import build_clip, resolve_device
 from ..common.config import for_set
 from ..common.metrics import bootstrap_ci, expected_calibration_error
 from ..methods.zero_vote import zero_vote
-from .run import split_set_ids
+from .run import preflight, split_set_ids
 from .task import DEFAULTS as RUN_DEFAULTS
-from .task import build_dataset_from_config, build_policy, build_reward, build_views
+from .task import build_dataset_from_config, build_policy, build_reward, build_views, meanings
 
 __all__ = ["DEFAULTS", "ROWS", "diagnose_sample", "summarize", "reading", "table", "DiagnoseTask", "main"]
 
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return cli.main(argv, description=__doc__, defaults=DEFAULTS, units=units, build=lambda u: DiagnoseTask.from_config(u.cfg),
                     report=lambda u, s: f"diagnose {u.name}: policy {s['metrics']['top1']:.1f}, teacher "
                                         f"{s['metrics']['teacher']:.1f}", finish=finish,
-                    desc=lambda u: f"diagnose {u.name}")
+                    desc=lambda u: f"diagnose {u.name}", preflight=preflight, meanings=meanings())
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from ..common import cli
 from ..common.config import for_set
 from ..common.providers import is_provider
 from .. import methods
-from .task import DEFAULTS, ClassificationTask
+from .task import DEFAULTS, ClassificationTask, meanings
 
-__all__ = ["main", "split_set_ids", "units"]
+__all__ = ["main", "split_set_ids", "units", "preflight", "set_label"]
 
 
 def split_set_ids(spec: str) -> list[str]:
@@ -30,13 +30,33 @@ def split_set_ids(spec: str) -> list[str]:
     return parts
 
 
+def set_label(set_id: str, data: dict) -> str:
+    """How the results table names a set: its id, or for your own data the folder's or the list file's name."""
+    if set_id == "folder":
+        return Path(data["root"]).expanduser().resolve().name or set_id
+    if set_id == "list" and data.get("file"):
+        return Path(data["file"]).name
+    return set_id
+
+
 def units(cfg: dict) -> list[cli.Unit]:
     out = []
     for set_id in split_set_ids(cfg["data"]["set_id"]):
         one = for_set(cfg, set_id)
         out.append(cli.Unit(set_id, one, Path(cfg["run"]["out_dir"]) / set_id.replace("/", "_"),
-                            {"policy": one["policy"], "set_id": set_id}))
+                            {"policy": one["policy"], "set_id": set_id, "label": set_label(set_id, one["data"])}))
     return out
+
+
+def preflight(cfg: dict) -> list[str]:
+    """Missing or damaged weight files (the policy and reward CLIPs, a CoOp prompt), before any model is loaded."""
+    from ..common.clip import checkpoint_problems
+    from ..common.preflight import WeightFile, weight_problems
+
+    coop = cfg["prompt"]["coop"]
+    extra = [WeightFile("CoOp prompt checkpoint", Path(coop), "the official CoOp weights "
+                        "(coop_16shots_nctx4_cscFalse_ctpend_vitb16_seed1), or prompt.coop=null")] if coop else []
+    return checkpoint_problems(cfg) + weight_problems(extra)
 
 
 def report(u: cli.Unit, summary: dict) -> str:
@@ -52,7 +72,7 @@ def results_table(cfg: dict, results: dict[str, dict]) -> str:
     for name, r in results.items():
         m = r["metrics"]
         errors = f" ({r['errors']} errors)" if r["errors"] else ""
-        rows.append(f"| {name} | {cfg['method']} | {cfg['policy']} | {r['n'] - r['errors']}{errors} | "
+        rows.append(f"| {r.get('label', name)} | {cfg['method']} | {cfg['policy']} | {r['n'] - r['errors']}{errors} | "
                     f"{m['top1']:.2f} | {m['top1_ci95_low']:.1f} - {m['top1_ci95_high']:.1f} | {m['top5']:.2f} | "
                     f"{m['ece']:.2f} | {r['time_per_sample_median'] or 0:.3f} |")
     return "\n".join(rows) + "\n"
@@ -71,8 +91,8 @@ def finish(cfg: dict, results: dict[str, dict]) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     return cli.main(argv, description=__doc__, defaults=DEFAULTS, units=units,
                     build=lambda u: ClassificationTask.from_config(u.cfg), report=report, finish=finish,
-                    setup=methods.load_all)
+                    setup=methods.load_all, preflight=preflight, meanings=meanings())
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main, keep_debug=True)

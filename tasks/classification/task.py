@@ -29,7 +29,7 @@ from .views import ViewTransform
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULTS", "ClassificationTask", "build_clip", "build_policy", "build_reward", "resolve_device",
-           "class_template", "build_views"]
+           "class_template", "build_views", "meanings"]
 
 DEFAULTS: dict[str, Any] = {
     "method": "rlcf",
@@ -53,11 +53,44 @@ DEFAULTS: dict[str, Any] = {
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"} | {"options": {}},
     "run": {"out_dir": "output/classification", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
             "device": "auto", "save_logits": False, "allow_online_sharding": False, "shuffle": "python",
-            "batch": None},   # batch: samples adapted at once (null = 1, an int, or auto); records are the same
+            "batch": None,    # batch: samples adapted at once (null = 1, an int, or auto); records are the same
+            "restart": False, "keep_errors": False, "allow_errors": False},
     # per_set: {fnmatch pattern over set ids: config deltas}, applied in order to each set of data.set_id
     # (per-dataset values of TDA, C-TPT, ...). See tasks.common.config.for_set.
     "per_set": {},
 }
+
+
+def meanings() -> dict[str, str]:
+    """The one-line meaning of every config key (``--help``)."""
+    from ..common.cli import COMMON_MEANINGS
+    from ..common.config import dataclass_meanings
+
+    return {**COMMON_MEANINGS, **dataclass_meanings(AdaptConfig, "adapt"),
+            "policy": "what adapts: prompt (the prompt context, CoOp-style) | encoder (the image encoder)",
+            "data.set_id": "A, V, R, I, K, C/<corruption>/<level>, a fine-grained set (Caltech101, DTD, ...), "
+                           "world/<split>, folder (data.root/<class>/*.jpg) or list (data.file); A/V/R: several",
+            "data.root": "the datasets' root folder ($DATA_ROOT), or the image folder of set_id=folder",
+            "data.classnames": "openai (CLIP's curated names; folder names for folder) | json | wordnet | a names file",
+            "data.templates": "prompt templates of the zero-shot text: single | coop | openai | simple | a list",
+            "data.strict": "every listed image must exist (false: missing ones are dropped with a warning)",
+            "data.exclude": "drop images whose file name contains this text (official TDA drops \"sh\")",
+            "data.file": "set_id=list: a CSV / JSONL of path,label rows",
+            "views.n": "augmented views per image (view 0 is the clean one)",
+            "views.augmix": "AugMix views: null = the official rule (fine-grained sets only), true, false",
+            "views.augmix_ops": "official (TPT's AugMix op set) | torchvision",
+            "views.resolution": "view size (null: the policy CLIP's input size)",
+            "views.flip": "random horizontal flips of the views",
+            "views.scale": "RandomResizedCrop area range of the views",
+            "prompt.n_ctx": "learnable context tokens of the prompt policy",
+            "prompt.ctx_init": "the words the context starts from",
+            "prompt.coop": "a CoOp prompt checkpoint to start from (null: ctx_init)",
+            "prompt.text_chunk": "classes per text-tower chunk (null: all at once; less memory with many classes)",
+            "prompt.class_template": "the class prompt of the encoder policy and the reward ({} = class name); null: "
+                                     "\"<ctx_init> {}.\"",
+            "encoder.norm_only": "encoder policy: tune the LayerNorm / BatchNorm parameters only",
+            "encoder.ensemble": "encoder policy: average the dataset's templates for the classifier",
+            "per_set": "{set-id pattern: config deltas} applied to each set of data.set_id (per-dataset values)"}
 
 
 def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict, templates=None):
@@ -142,6 +175,15 @@ class ClassificationTask:
         self.method, self.dataset, self.views = method, dataset, views
         self.seed, self.save_logits = seed, save_logits
         self.online = method.online
+        from ..common.precision import component_precisions, reward_module
+
+        #: what the policy and the reward compute in (record field ``precisions``)
+        self.precisions = component_precisions(method.precision, policy=method.policy,
+                                               reward=reward_module(method.reward))
+
+    def strata(self) -> list[int]:
+        """The class of every sample: ``run.limit`` takes a class-stratified subset."""
+        return [int(y) for _, y in self.dataset.items]
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ClassificationTask":
@@ -185,7 +227,8 @@ class ClassificationTask:
         probs = logits.float().softmax(-1)
         top5 = torch.topk(logits, min(5, logits.shape[-1])).indices.tolist()
         rec = {"label": label, "pred": top5[0], "top5": top5, "confidence": float(probs.max()),
-               "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision}
+               "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision,
+               "precisions": self.precisions}
         if "mean_reward" in info:
             rec["mean_reward"] = info["mean_reward"]
         if self.save_logits:

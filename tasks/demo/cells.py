@@ -46,7 +46,8 @@ def run_cell(cfg: dict, folder: Path, limit: int | None, config: Path, desc: str
     A seeded order: a ``limit`` subset is a random (class-balanced in expectation) sample, the same for
     every row. Under torchrun the samples are sharded between the ranks; an online method (state carried
     across the stream) runs whole on rank 0 while the others wait, so its results do not depend on the
-    ranks. Records of an older configuration or other world models are discarded, never mixed in.
+    ranks. Records of an older configuration or other world models are moved aside into
+    ``old-<date>/`` (never deleted, never mixed in).
     """
     task = ClassificationTask.from_config(cfg)
     rank, size = dist_info()

@@ -33,7 +33,11 @@ def problems(cfg: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    from ..common.cli import config_epilog
+    from .task import meanings
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=config_epilog(DEFAULTS, meanings()))
     ap.add_argument("--config", action="append", default=[], help="config file (repeatable)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)

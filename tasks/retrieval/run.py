@@ -20,7 +20,7 @@ from ..common.config import ConfigValueError
 from .. import methods
 from .data import build_retrieval_data, dataset_tag
 from .metrics import combine_directions
-from .task import DEFAULTS, DIRECTIONS, RetrievalTask
+from .task import DEFAULTS, DIRECTIONS, RetrievalTask, meanings
 
 logger = logging.getLogger("tasks.retrieval")
 
@@ -79,8 +79,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     return cli.main(argv, description=__doc__, defaults=DEFAULTS, units=units,
                     build=lambda u: RetrievalTask.from_config(u.cfg, data=state["data"]), report=report,
-                    finish=finish, desc=lambda u: f"{u.cfg['method']} {u.meta['dataset']} {u.name}", setup=methods.load_all)
+                    finish=finish, desc=lambda u: f"{u.cfg['method']} {u.meta['dataset']} {u.name}",
+                    setup=methods.load_all, preflight=preflight, meanings=meanings())
+
+
+def preflight(cfg: dict) -> list[str]:
+    """Missing or damaged weight files of the policy and reward CLIPs, before any model is loaded."""
+    from ..common.clip import checkpoint_problems
+
+    return checkpoint_problems(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main, keep_debug=True)

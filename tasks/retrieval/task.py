@@ -33,7 +33,7 @@ from .policies import ImageToTextPolicy, TextToImagePolicy, encode_image_gallery
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULTS", "DIRECTIONS", "RetrievalTask", "build_clip", "build_reward", "resolve_device",
-           "resolve_adapt"]
+           "resolve_adapt", "meanings"]
 
 DIRECTIONS = ("i2t", "t2i")
 
@@ -50,8 +50,31 @@ DEFAULTS: dict[str, Any] = {
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"}
     | {"steps": 8, "lr": 1e-6, "eps": 1e-6, "weight_decay": 5e-4, "selection": 1.0, "k": None, "options": {}},
     "run": {"out_dir": "output/retrieval", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
-            "device": "auto", "allow_online_sharding": False, "batch": None},
+            "device": "auto", "allow_online_sharding": False, "batch": None, "restart": False, "keep_errors": False,
+            "allow_errors": False},
 }
+
+
+def meanings() -> dict[str, str]:
+    """The one-line meaning of every config key (``--help``)."""
+    from ..common.cli import COMMON_MEANINGS
+    from ..common.config import dataclass_meanings
+
+    return {**COMMON_MEANINGS, **dataclass_meanings(AdaptConfig, "adapt"),
+            "adapt.k": "candidates per query (null: retrieval.k_i2t / k_t2i, at most the gallery size)",
+            "direction": "t2i (text queries, image gallery) | i2t | t2i/i2t (both, one folder each)",
+            "data.dataset": "coco | flickr | world | list (your own: data.annotations = path,caption[,caption...])",
+            "data.root": "the datasets' root folder ($DATA_ROOT)",
+            "data.annotations": "the annotation file (null: the dataset's default under data.root)",
+            "data.images": "the images folder (null: the dataset's default under data.root)",
+            "data.max_words": "captions cut to this many words (official 50)",
+            "data.max_images": "use only the first N gallery images (a quick look)",
+            "retrieval.k_i2t": "candidate captions per image query (official COCO 20, Flickr 16)",
+            "retrieval.k_t2i": "candidate images per caption query (official 12)",
+            "retrieval.train_logit_scale": "t2i: tune CLIP's logit_scale too (official: yes)",
+            "retrieval.truncate": "run the text tower only up to each caption's end token",
+            "retrieval.gallery_batch": "gallery items encoded at once",
+            "retrieval.top": "ranked gallery ids kept in each record"}
 
 
 def build_reward(cfg: dict, device: torch.device, policy_clip=None):
@@ -104,6 +127,11 @@ class RetrievalTask:
         self.method, self.data, self.direction = method, data, direction
         self.preprocess, self.top = preprocess, top
         self.online = method.online
+        from ..common.precision import component_precisions, reward_module
+
+        #: what the policy and the reward compute in (record field ``precisions``)
+        self.precisions = component_precisions(method.precision, policy=method.policy,
+                                               reward=reward_module(method.reward))
 
     @classmethod
     def from_config(cls, cfg: dict, data: RetrievalData | None = None) -> RetrievalTask:
@@ -174,7 +202,8 @@ class RetrievalTask:
     def _record(self, i: int, scores: torch.Tensor, info: dict) -> dict:
         gt = self.ground_truth(i)
         rec = {"rank": best_rank(scores, gt), "gt": gt, "top": ranked(scores, self.top),
-               "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision}
+               "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision,
+               "precisions": self.precisions}
         if "mean_reward" in info:
             rec["mean_reward"] = info["mean_reward"]
         return rec

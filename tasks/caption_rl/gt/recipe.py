@@ -110,6 +110,7 @@ class GTContrastiveRecipe(Recipe):
     """
 
     section = "gt"
+    option_docs = {"": GTContrastiveConfig, "disc_pretrain": DiscPretrainConfig}
     needs_captions = True
     ablations = {"no_disc": ["gt.discriminator=false"], "no_gt": ["gt.gt_term=none"]}
     world_overrides = ["eval.preset=chaffin"]

@@ -36,6 +36,7 @@ import rlcf
 from rlcf import CLIPReward
 from tasks.captioning.model import PrefixCaptioner
 from tasks.common.data import require_path
+from tasks.common.precision import resolve_dtype
 
 from ..a2c import ValueHead, masked_mean_per_row, normalize_advantages, probability_policy_loss, value_loss
 from ..contrastive import normalized_contrastive_term
@@ -128,6 +129,7 @@ class VLRMRecipe(Recipe):
     """
 
     section = "vlrm"
+    option_docs = {"": VLRMConfig}
     lora_adapters = ("policy", "value")
     #: VLRM-RS: ``sim += contrastive_weight * Phi`` and no reference term, whatever ``vlrm.retrieval`` says
     retrieval = False
@@ -157,7 +159,8 @@ class VLRMRecipe(Recipe):
         """With ``vlrm.sim=itm``: the ITM model (its similarity, and the images preprocessed for it)."""
         v, needs = cfg["vlrm"], Needs()
         if v["sim"] == "itm":
-            itm, itok, proc = load_blip2_itm(v["itm"]["path"], device, getattr(torch, v["itm"]["dtype"]))
+            itm, itok, proc = load_blip2_itm(v["itm"]["path"], device,
+                                             resolve_dtype(v["itm"]["dtype"], device, key="vlrm.itm.dtype"))
             needs.models["similarity"] = ITMSimilarity(itm, itok, float(v["itm_weight"]), int(v["itm"]["batch_size"]),
                                                        int(v["itm"]["max_length"]))
             needs.pixel_transform = lambda im: proc(images=im, return_tensors="pt")["pixel_values"][0]
