@@ -19,9 +19,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["augment_batch", "AUGMENTATIONS"]
+__all__ = ["augment_batch", "AUGMENTATIONS", "PRESET_HELP"]
 
 AUGMENTATIONS = ("none", "light", "heavy")
+
+#: what each preset does (``rlcf train-clip --help``); :func:`augment_batch` is the code
+PRESET_HELP = {
+    "none": "clean images",
+    "light": "random resized crop (area 0.6-1, reflection padding) + horizontal flip (p 0.5; --no-flip: none)",
+    "heavy": "light, then colour jitter (p 0.8: hue rotation, saturation 0.3-1.4 or grayscale (p 0.2), brightness "
+             "0.7-1.3, contrast 0.75-1.25), edge map (p 0.25), inversion (p 0.5 after an edge map, else 0.1), "
+             "Gaussian noise (p 0.3, sigma up to 0.15); no rotation, blur or JPEG",
+}
 
 
 def _u(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,9 +33,10 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.loss import ClipLoss
 from torch import Tensor
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .augment import AUGMENTATIONS, augment_batch
-from .progress import bar_interval
+from .progress import bar_interval, format_seconds
 from .data import UserError
 
 logger = logging.getLogger(__name__)
@@ -133,7 +135,8 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: TrainConfig, desc: str = "train",
                progress: bool = True, callback: Callable[[int, float], bool | None] | None = None,
-               labels: Tensor | None = None) -> list[float]:
+               labels: Tensor | None = None, checkpoint: str | Path | None = None, save_every: int = 100,
+               log_every: int | None = None) -> list[float]:
     """Train ``model`` in place with the CLIP loss; returns the loss of every step.
 
     Args:
@@ -144,6 +147,12 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
         callback: called as ``callback(step, loss)`` after every step; returning ``True`` stops training there
             (early stopping: the losses so far are returned). The model is in train mode when it returns.
         labels: ``[N]`` class labels (``cfg.label_aware``).
+        checkpoint: a file for the training state (model, AdamW, RNG, batch order, losses), written atomically every
+            ``save_every`` steps and at the end; when it exists, training resumes from it and ends exactly as an
+            uninterrupted run would (``None``: no checkpoints).
+        log_every: a log line at the first step of the run, every ``log_every`` steps and the last (``None``: none).
+    Returns:
+        The loss of every step (after a resume: the earlier steps' too).
     """
     from rlcf.reward import input_resolution
 
@@ -175,13 +184,17 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
     model.train()
     losses: list[float] = []
     perm, pos = torch.randperm(n, generator=g), 0
+    start = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        start, perm, pos = _resume(Path(checkpoint), model, opt, g, losses)
     rank = dist_info()[0]
     # a manual bar: tqdm's iterator form keeps its count in a local, so a refresh by its monitor thread (a log
     # file's long interval) showed a stale step next to a fresh loss
-    bar = tqdm(total=cfg.steps, desc=desc, disable=not progress or rank != 0, mininterval=bar_interval(2.0),
-               dynamic_ncols=True, unit="step")
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress or rank != 0,
+               mininterval=bar_interval(2.0), dynamic_ncols=True, unit="step")
+    t0 = time.perf_counter()
     try:
-        for step in range(cfg.steps):
+        for step in range(start, cfg.steps):
             if pos + cfg.batch_size > n:
                 perm, pos = torch.randperm(n, generator=g), 0
             idx = perm[pos:pos + cfg.batch_size]
@@ -216,10 +229,49 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", lr=f"{_lr_at(step, cfg):.1e}",
                                 refresh=False)   # drawn at the bar's own interval (a log file gets few lines)
             bar.update(1)
+            done = step + 1
+            if checkpoint is not None and (done % max(1, save_every) == 0 or done == cfg.steps):
+                _save_state(Path(checkpoint), model, opt, g, perm, pos, done, losses)
+            if log_every and rank == 0 and (done == start + 1 or done % log_every == 0 or done == cfg.steps):
+                per = (time.perf_counter() - t0) / (done - start)
+                with logging_redirect_tqdm():
+                    logger.info("step %d/%d (%.1f%%): loss %.4f, lr %.2e, %.2f s/step, ETA %s", done, cfg.steps,
+                                100.0 * done / cfg.steps, sum(losses[-log_every:]) / len(losses[-log_every:]),
+                                _lr_at(step, cfg), per, format_seconds(per * (cfg.steps - done)))
     finally:   # also when a callback raises (a plateau restart draws a fresh bar)
         bar.close()
     model.eval()
     return losses
+
+
+RESUME_HINT = "it is this run's own training state: move it away (or delete it) to train from the start"
+
+
+def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, g: torch.Generator, perm: Tensor,
+                pos: int, step: int, losses: list[float]) -> None:
+    """Everything a resume needs, written atomically (a kill never leaves half a file)."""
+    from .atomic import save_atomic
+
+    save_atomic({"format": "rlcf-train-clip/1", "step": step, "model": model.state_dict(),
+                 "optimizer": opt.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+                 "perm": perm, "pos": pos, "losses": list(losses)}, path)
+
+
+def _resume(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
+            losses: list[float]) -> tuple[int, Tensor, int]:
+    """Load :func:`_save_state`'s file into ``model``, ``opt``, ``g`` and ``losses``; ``(step, perm, pos)``."""
+    from .preflight import WeightFile, reading, require_intact
+
+    require_intact([WeightFile("training checkpoint", path, RESUME_HINT)])
+    with reading(path, "training checkpoint", RESUME_HINT):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    g.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    losses[:] = state["losses"]
+    logger.info("resumed from %s at step %d", path, state["step"])
+    return int(state["step"]), state["perm"], int(state["pos"])
 
 
 @dataclass
