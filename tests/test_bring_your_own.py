@@ -78,7 +78,8 @@ def test_readme_commands_run_and_print_its_table(world, monkeypatch, capsys):
     printed = [line for line in out.splitlines() if line.startswith("|")]
     assert printed[:2] == shown[:2] and printed[3:5] == shown[:2]        # the same header, twice (two runs)
     zs, rl = printed[2].split("|"), printed[5].split("|")
-    assert zs[1:5] == [" folder ", " zeroshot ", " encoder ", " 12 "] and rl[1:5] == shown[2].split("|")[1:5]
+    # a set of your own is named by its folder (data.root=mydata), not "folder"
+    assert zs[1:5] == [" mydata ", " zeroshot ", " encoder ", " 12 "] and rl[1:5] == shown[2].split("|")[1:5]
     assert (world / "output/mydata/results.md").read_text().splitlines() == printed[3:6]
     assert len(_records(world / "output/mydata/folder")) == 12
     assert (world / "output/mydata/folder/summary.md").is_file()
@@ -117,7 +118,8 @@ def test_own_data_and_models_run_resume_and_summarise(world, monkeypatch, case, 
     fingerprint = json.loads((set_dir / "fingerprint.json").read_text())
     side = "model" if case.startswith("folder") else "reward"
     assert len(fingerprint["weights"][side]) == 64                      # the HF folder's hash is part of it
-    assert f"| {data[0].split('=')[1]} | rlcf | {kind} | 12 |" in capsys.readouterr().out
+    label = "mydata" if case.startswith("folder") else "mydata.csv"       # the folder's / the list file's name
+    assert f"| {label} | rlcf | {kind} | 12 |" in capsys.readouterr().out
 
 
 def test_a_changed_hf_folder_changes_the_fingerprint(world, tmp_path):
