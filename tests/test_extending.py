@@ -95,7 +95,7 @@ def test_new_method_file_reaches_the_registry_and_the_command_line(tmp_path, mon
     records = [json.loads(line) for f in (tmp_path / "out" / "folder").glob("records-*.jsonl")
                for line in f.read_text().splitlines()]
     assert len(records) == 6 and all(len(r["losses"]) == 1 and r["flags"] == [] for r in records)
-    assert "| folder | pseudo_label | prompt | 6 |" in ran.stdout
+    assert "| mydata | pseudo_label | prompt | 6 |" in ran.stdout        # the set is named by its folder
 
 
 def test_new_task_example_runs(tmp_path, monkeypatch):
