@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="augmentation preset (below); none = clean images only")
     ap.add_argument("--augment-p", type=float, default=d.augment_p, help="fraction of each batch augmented")
     ap.add_argument("--augment-from", type=int, default=d.augment_from, help="clean images before this step")
+    ap.add_argument("--crop-scale", type=float, nargs=2, default=list(d.crop_scale), metavar=("MIN", "MAX"),
+                    help="area range of the presets' random resized crop (fraction of the image)")
     ap.add_argument("--no-flip", action="store_true", help="no horizontal flips (text, handwriting)")
     ap.add_argument("--first-caption-p", type=float, default=d.first_caption_p,
                     help="probability of an image's first caption (else one of the others, uniformly)")
@@ -97,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           warmup=args.warmup, seed=args.seed, augment=args.augment, augment_p=args.augment_p,
                           augment_from=args.augment_from, first_caption_p=args.first_caption_p,
+                          crop_scale=tuple(args.crop_scale),
                           flip=not args.no_flip, label_aware=args.label_aware)
         name = register_model_config(args.config)
         out = Path(args.out)

@@ -36,6 +36,20 @@ def test_no_flip_keeps_the_crop_and_never_mirrors():
     assert ((b[:, 0, 8, -2] > b[:, 0, 8, 1]) != (a[:, 0, 8, -2] > a[:, 0, 8, 1])).any()   # flips do happen
 
 
+def test_crop_scale_sets_the_crops_area_range():
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    whole = augment_batch(x, torch.Generator().manual_seed(0), "light", flip=False, crop_scale=(1.0, 1.0))
+    assert torch.allclose(whole, x, atol=1e-5)                            # area 1: the image itself
+    ramp = torch.linspace(0, 1, 48).view(1, 1, 1, 48).expand(64, 3, 48, 48).contiguous()
+    span = {}
+    for scale in ((0.6, 1.0), (0.08, 0.1)):   # the ramp's range inside a crop is its side, sqrt(area)
+        a = augment_batch(ramp, torch.Generator().manual_seed(0), "light", flip=False, crop_scale=scale)
+        span[scale] = (a[:, 0, 24, -1] - a[:, 0, 24, 0]) * 48 / 47
+    assert span[(0.6, 1.0)].min() > 0.7 and span[(0.08, 0.1)].max() < 0.35
+    with pytest.raises(TrainConfigError, match="crop_scale"):
+        TrainConfig(crop_scale=(0.5, 0.2))
+
+
 def test_label_aware_loss_by_hand():
     g = torch.Generator().manual_seed(0)
     img = F.normalize(torch.randn(4, 8, generator=g), dim=-1)

@@ -86,18 +86,20 @@ def edge_map(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (mag * tint).clamp(0, 1)
 
 
-def augment_batch(x: torch.Tensor, g: torch.Generator, kind: str = "heavy", flip: bool = True) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, g: torch.Generator, kind: str = "heavy", flip: bool = True,
+                  crop_scale: tuple[float, float] = (0.6, 1.0)) -> torch.Tensor:
     """Augment a batch ``(B, 3, H, W)`` in ``[0, 1]``; ``kind`` in :data:`AUGMENTATIONS`.
 
     ``light``: crop + flip.  ``heavy``: crop + flip, colour jitter (p 0.8), then
     edge map (p 0.25), inversion (p 0.5 after an edge map, else 0.1), then Gaussian noise (p 0.3, sigma up to 0.15).
-    ``flip=False``: no horizontal flip (the crop's draws are the same).
+    ``flip=False``: no horizontal flip (the crop's draws are the same). ``crop_scale``: the crop's area range
+    (fraction of the image).
     """
     if kind == "none":
         return x
     if kind not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation '{kind}', expected one of {AUGMENTATIONS}")
-    x = random_resized_crop(x, g, flip=flip)
+    x = random_resized_crop(x, g, scale=crop_scale, flip=flip)
     if kind == "light":
         return x
     b = x.shape[0]

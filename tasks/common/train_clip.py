@@ -78,6 +78,7 @@ class TrainConfig:
     ``augment``: a preset (``none`` | ``light`` | ``heavy``) or a callable (see :func:`as_batch_augment`);
     ``flip``: the presets' horizontal flip (off for text or handwriting); ``augment_from``: clean images for
     the first steps; ``augment_p``: the fraction of each batch that is augmented.
+    ``crop_scale``: the area range of the presets' random resized crop.
     ``first_caption_p``: probability of training on an image's first caption (the others are drawn
     uniformly). ``label_aware``: same-label pairs of a batch count as positives (needs labels).
     """
@@ -94,11 +95,14 @@ class TrainConfig:
     augment_from: int = 0
     flip: bool = True
     label_aware: bool = False
+    crop_scale: tuple[float, float] = (0.6, 1.0)
 
     def __post_init__(self) -> None:
         as_batch_augment(self.augment)   # raises now, not at the first step
         if self.steps < 1 or self.batch_size < 2:
             raise TrainConfigError(f"need steps >= 1 and batch_size >= 2, got {self.steps} and {self.batch_size}")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise TrainConfigError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not 0.0 <= self.augment_p <= 1.0 or not 0.0 <= self.first_caption_p <= 1.0:
             raise TrainConfigError("augment_p and first_caption_p are probabilities in [0, 1]")
 
@@ -203,7 +207,7 @@ def train_clip(model: torch.nn.Module, images: Tensor, tokens: Tensor, cfg: Trai
             cap = torch.where(torch.rand(len(idx), generator=g) < cfg.first_caption_p, torch.zeros_like(cap), cap)
             x = images[idx].float() / 255.0
             if step >= cfg.augment_from and cfg.augment != "none":
-                xa = augment(x, g) if augment is not None else augment_batch(x, g, cfg.augment, flip=cfg.flip)
+                xa = augment(x, g) if augment is not None else augment_batch(x, g, cfg.augment, flip=cfg.flip, crop_scale=tuple(cfg.crop_scale))
                 if cfg.augment_p < 1.0:   # the rest of the batch stays clean
                     xa = torch.where((torch.rand(len(idx), generator=g) < cfg.augment_p)[:, None, None, None], xa, x)
                 x = xa
