@@ -15,7 +15,7 @@ import torch
 
 import rlcf
 from conftest import CLASSNAMES, make_clip
-from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
+from tasks.classification.policies import EncoderPolicy, PromptPolicy, PrototypePolicy, class_prompts
 
 CAPTIONS = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "star")]
 QUERIES = ["a red circle", "two blue stars on a square", "green", "a small yellow triangle on the left",
@@ -26,10 +26,10 @@ def build(kind: str):
     clip, _, tok = make_clip()
     rclip, _, rtok = make_clip("RLCF-Tiny-Reward", 1)
     reward = rlcf.CLIPReward(rclip, rtok)
-    if kind in ("prompt", "encoder"):
+    if kind in ("prompt", "encoder", "prototype"):
         reward.set_candidates(class_prompts(CLASSNAMES))
-        policy = PromptPolicy(clip, CLASSNAMES, tok) if kind == "prompt" else EncoderPolicy(clip, CLASSNAMES, tok)
-        return policy, reward, 5e-3 if kind == "prompt" else 1e-4, 0.25
+        cls = {"prompt": PromptPolicy, "encoder": EncoderPolicy, "prototype": PrototypePolicy}[kind]
+        return cls(clip, CLASSNAMES, tok), reward, {"prompt": 5e-3, "encoder": 1e-4, "prototype": 5e-3}[kind], 0.25
     if kind == "i2t":
         from tasks.retrieval.policies import ImageToTextPolicy, encode_text_gallery
 
@@ -46,7 +46,7 @@ def build(kind: str):
 
 def samples(kind: str, n: int, seed: int = 3) -> list:
     g = torch.Generator().manual_seed(seed)
-    if kind in ("prompt", "encoder"):
+    if kind in ("prompt", "encoder", "prototype"):
         return list(torch.randn(n, 16, 3, 32, 32, generator=g))
     if kind == "i2t":
         return list(torch.randn(n, 3, 32, 32, generator=g))
@@ -55,7 +55,7 @@ def samples(kind: str, n: int, seed: int = 3) -> list:
 
 def _pairs():
     out = []
-    for kind in ("prompt", "encoder", "i2t", "t2i"):
+    for kind in ("prompt", "encoder", "prototype", "i2t", "t2i"):
         policy = build(kind)[0]
         for name in rlcf.list_methods():
             cls = rlcf.get_method(name)
@@ -197,9 +197,10 @@ def test_the_workspace_is_kept_per_batch_size_and_reset_in_place():
 
 def test_online_methods_and_train_mode_batchnorm_refuse():
     policy, reward, lr, sel = build("encoder")
-    tda = rlcf.create_method("tda", policy)
-    with pytest.raises(ValueError, match="online"):
-        tda.forward_batch(samples("encoder", 2))
+    for name in ("tda", "dmn", "dpe", "boostadapter"):
+        online = rlcf.create_method(name, policy)
+        with pytest.raises(ValueError, match="online"):
+            online.forward_batch(samples("encoder", 2))
     momentum = rlcf.create_method("rlcf", policy, reward, lr=lr, selection=sel, momentum=0.9)
     with pytest.raises(ValueError, match="online"):
         momentum(torch.stack(samples("encoder", 2)))
@@ -212,6 +213,17 @@ def test_online_methods_and_train_mode_batchnorm_refuse():
         m.forward_batch(samples("encoder", 2))
     eval_bn = rlcf.create_method("rlcf", bn, reward, lr=lr, selection=sel, train_mode=False)
     assert len(eval_bn.forward_batch(samples("encoder", 2))) == 2     # BN in eval mode: batched exactly
+
+
+@pytest.mark.parametrize("name", ["mta", "zero_vote"])
+@pytest.mark.parametrize("kind", ["encoder", "prototype"])
+def test_training_free_episodic_batch_equals_one_at_a_time(name, kind):
+    """Episodic methods without a step (MTA, ZERO) run a batch sample by sample: the same predictions."""
+    policy, _, _, sel = build(kind)
+    method = rlcf.create_method(name, policy, selection=sel)
+    alone, infos, together = alone_and_together(method, samples(kind, 3))
+    assert len(together) == 3 and all(torch.equal(a, t) for a, t in zip(alone, together))
+    assert [i["selected"] for i in infos] == [i["selected"] for i in method.last_infos]
 
 
 def test_sequential_fallbacks_give_the_same_results():

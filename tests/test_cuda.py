@@ -8,7 +8,9 @@ import torch
 
 import rlcf
 from conftest import CLASSNAMES, make_clip
-from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
+from tasks.classification.policies import EncoderPolicy, PromptPolicy, PrototypePolicy, class_prompts
+
+KINDS = {"prompt": PromptPolicy, "encoder": EncoderPolicy, "prototype": PrototypePolicy}
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")]
@@ -17,23 +19,22 @@ TOL = {"fp16": 0.02, "bf16": 0.1}   # as tests/test_mixed_precision.py
 
 def build(kind: str, name: str, device: str, amp):
     clip, _, tok = make_clip()
-    policy = (PromptPolicy(clip, CLASSNAMES, tok) if kind == "prompt" else EncoderPolicy(clip, CLASSNAMES, tok))
-    policy = policy.to(device)
+    policy = KINDS[kind](clip, CLASSNAMES, tok).to(device)
     rclip, _, rtok = make_clip("RLCF-Tiny-Reward", 1)
     reward = rlcf.CLIPReward(rclip.to(device), rtok)
     reward.set_candidates(class_prompts(CLASSNAMES))
     cls = rlcf.get_method(name)
     over = {"selection": 0.25, "amp": amp}
     if cls.default_config.steps > 0:
-        over["lr"] = 1e-2 if kind == "prompt" else 1e-3
+        over["lr"] = 1e-3 if kind == "encoder" else 1e-2
     return rlcf.create_method(name, policy, reward if cls.needs_reward else None, **over)
 
 
 def _pairs():
     clip, _, tok = make_clip()
     out = []
-    for kind in ("prompt", "encoder"):
-        p = PromptPolicy(clip, CLASSNAMES, tok) if kind == "prompt" else EncoderPolicy(clip, CLASSNAMES, tok)
+    for kind, cls in KINDS.items():
+        p = cls(clip, CLASSNAMES, tok)
         out += [(n, kind) for n in rlcf.list_methods() if rlcf.get_method(n).supports(p)]
     return out
 

@@ -14,10 +14,10 @@ import torch
 import rlcf
 from conftest import CLASSNAMES, make_clip
 from rlcf.episodic import trainable_named_parameters
-from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
+from tasks.classification.policies import EncoderPolicy, PromptPolicy, PrototypePolicy, class_prompts
 
-POLICIES = ["prompt", "encoder"]
-ALL_POLICIES = ["prompt", "encoder", "i2t", "t2i", "caption"]
+POLICIES = ["prompt", "encoder", "prototype"]
+ALL_POLICIES = ["prompt", "encoder", "prototype", "i2t", "t2i", "caption"]
 CAPTIONS = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "star")]
 
 
@@ -32,10 +32,11 @@ def build(policy_kind: str):
     def logits_of(n):
         return lambda out: isinstance(out, torch.Tensor) and out.shape == (n,) and torch.isfinite(out).all()
 
-    if policy_kind in ("prompt", "encoder"):
-        policy = PromptPolicy(clip, CLASSNAMES, tok) if policy_kind == "prompt" else EncoderPolicy(clip, CLASSNAMES, tok)
+    if policy_kind in ("prompt", "encoder", "prototype"):
+        policy = {"prompt": PromptPolicy, "encoder": EncoderPolicy, "prototype": PrototypePolicy}[policy_kind](
+            clip, CLASSNAMES, tok)
         reward.set_candidates(class_prompts(CLASSNAMES))
-        return policy, reward, 5e-2 if policy_kind == "prompt" else 1e-2, views, logits_of(len(CLASSNAMES))
+        return policy, reward, 1e-2 if policy_kind == "encoder" else 5e-2, views, logits_of(len(CLASSNAMES))
     if policy_kind == "i2t":
         from tasks.retrieval.policies import ImageToTextPolicy, encode_text_gallery
 

@@ -14,7 +14,7 @@ import torch
 
 import rlcf
 from conftest import CLASSNAMES, make_clip
-from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts
+from tasks.classification.policies import EncoderPolicy, PromptPolicy, PrototypePolicy, class_prompts
 
 TOL = {"fp16": 0.02, "bf16": 0.1}
 CAPTIONS = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "star")]
@@ -22,11 +22,11 @@ CAPTIONS = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "
 
 def classification(kind: str):
     clip, _, tok = make_clip()
-    policy = PromptPolicy(clip, CLASSNAMES, tok) if kind == "prompt" else EncoderPolicy(clip, CLASSNAMES, tok)
+    policy = {"prompt": PromptPolicy, "encoder": EncoderPolicy, "prototype": PrototypePolicy}[kind](clip, CLASSNAMES, tok)
     rclip, _, rtok = make_clip("RLCF-Tiny-Reward", 1)
     reward = rlcf.CLIPReward(rclip, rtok)
     reward.set_candidates(class_prompts(CLASSNAMES))
-    return policy, reward, (1e-2 if kind == "prompt" else 1e-3)
+    return policy, reward, (1e-3 if kind == "encoder" else 1e-2)
 
 
 def retrieval(direction: str):
@@ -55,7 +55,7 @@ def make(name: str, policy, reward, lr: float, amp, **kw) -> rlcf.Method:
 
 def _pairs():
     out = []
-    for kind in ("prompt", "encoder"):
+    for kind in ("prompt", "encoder", "prototype"):
         policy, _, _ = classification(kind)
         out += [(name, kind) for name in rlcf.list_methods() if rlcf.get_method(name).supports(policy)]
     return out

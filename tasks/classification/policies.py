@@ -1,6 +1,7 @@
-"""Classification policies over an open_clip ``CLIP``: prompt tuning and image-encoder tuning.
+"""Classification policies over an open_clip ``CLIP``: prompt tuning, image-encoder tuning and class-prototype
+shifting.
 
-Both are :class:`rlcf.DiscretePolicy`: ``logits(encode_query(images))`` with
+All are :class:`rlcf.DiscretePolicy`: ``logits(encode_query(images))`` with
 ``logits = logit_scale.exp() * img @ txt^T`` on L2-normalised features. Each declares what it trains
 (:meth:`trainable_parameters`) instead of flipping ``requires_grad`` on the CLIP, so several policies
 may share one CLIP (the engine lets exactly a policy's parameters require grad during its steps).
@@ -17,10 +18,15 @@ from torch import Tensor, nn
 from rlcf.policy import DiscretePolicy
 
 from ..common.text import encode_texts, text_tower
+from .datasets.base import ClassDescriptions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PromptPolicy", "EncoderPolicy", "encode_texts", "class_prompts", "context_of_template"]
+__all__ = ["PromptPolicy", "EncoderPolicy", "PrototypePolicy", "encode_texts", "class_prompts", "context_of_template",
+           "class_text_features", "POOLINGS"]
+
+#: how :func:`class_text_features` pools a class's texts when descriptions are among its templates
+POOLINGS = ("texts", "groups")
 
 
 def class_prompts(classnames: Sequence[str], template: str = "a photo of a {}.") -> list[str]:
@@ -28,6 +34,43 @@ def class_prompts(classnames: Sequence[str], template: str = "a photo of a {}.")
     if len(classnames) == 0:
         raise ValueError("zero classes: a classification policy needs at least one class name")
     return [template.format(n.replace("_", " ")) for n in classnames]
+
+
+def class_text_features(clip: nn.Module, tokenizer: Callable, classnames: Sequence[str],
+                        templates: Sequence, pooling: str = "texts") -> Tensor:
+    """Normalised class text features ``[C, D]`` from templates and class descriptions.
+
+    Templates only (format strings): the normalised mean over templates of the normalised prompt features (CLIP's
+    prompt ensemble). With :class:`~tasks.classification.datasets.base.ClassDescriptions` among ``templates``, a
+    class's texts are its templates' prompts plus its sentences, each feature normalised, and ``pooling`` says
+    how they combine: ``"texts"``: the normalised mean of all of them (CuPL, DPE, DMN); ``"groups"``: the
+    normalised mean of the templates' mean and the sentences' mean (TPS's "micro" prototypes).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    plain = [t for t in templates if not isinstance(t, ClassDescriptions)]
+    described = [t for t in templates if isinstance(t, ClassDescriptions)]
+    if not described:
+        feats = torch.stack([encode_texts(clip, tokenizer(class_prompts(classnames, t))) for t in plain]).mean(0)
+        return F.normalize(feats, dim=-1)
+    for d in described:
+        d.check(classnames)
+    texts, spans = [], []
+    for name in classnames:
+        words = name.replace("_", " ")
+        own = [t.format(words) if isinstance(t, str) else t(words) for t in plain]
+        sentences = [x for d in described for x in d(name)]
+        spans.append((len(texts), len(own), len(sentences)))
+        texts += own + sentences
+    feats = encode_texts(clip, tokenizer(texts))
+    out = []
+    for start, n_own, n_sent in spans:
+        own, sent = feats[start:start + n_own], feats[start + n_own:start + n_own + n_sent]
+        if pooling == "texts" or n_own == 0:
+            out.append(torch.cat([own, sent]).mean(0))
+        else:
+            out.append((own.mean(0) + sent.mean(0)) / 2)
+    return F.normalize(torch.stack(out), dim=-1)
 
 
 def context_of_template(template: str) -> str:
@@ -180,7 +223,8 @@ class EncoderPolicy(_ClipPolicy):
         template: class prompt template (official ``"a photo of a {}."``).
         norm_only: train only the visual tower's normalisation layers (official ``--tune_norm``).
         templates: several templates: class features are the normalised mean of the normalised
-            per-template features (CLIP's prompt ensemble); overrides ``template``.
+            per-template features (CLIP's prompt ensemble); overrides ``template``. Class descriptions
+            files among them add their sentences (:func:`class_text_features`).
     """
 
     query_trainable = True
@@ -203,10 +247,9 @@ class EncoderPolicy(_ClipPolicy):
                 for n, p in mod.named_parameters(recurse=False)}
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        feats = torch.stack([encode_texts(self.clip, self.tokenizer(class_prompts(classnames, t)))
-                             for t in self.templates]).mean(0)
+        feats = class_text_features(self.clip, self.tokenizer, classnames, self.templates)
         self.classnames = list(classnames)
-        self.register_buffer("text_feats", F.normalize(feats, dim=-1), persistent=False)
+        self.register_buffer("text_feats", feats, persistent=False)
 
     def class_features(self) -> Tensor:
         return self.text_feats
@@ -217,3 +260,43 @@ class EncoderPolicy(_ClipPolicy):
         self.clip.visual.train(mode)
         self.training = mode
         return self
+
+
+class PrototypePolicy(_ClipPolicy):
+    """Cached class prototypes with a learnable per-class shift (TPS, Sui et al. 2024): the image tower and the text
+    classifier stay frozen; the class features are ``normalize(P + shift)``, ``P`` the normalised class text features
+    computed once (:func:`class_text_features`) and ``shift`` ``[C, D]`` zero at the reset point. No text pass at
+    test time.
+
+    Args:
+        clip: open_clip ``CLIP`` (or an HF wrapper), frozen.
+        classnames: C class names.
+        tokenizer: its tokenizer.
+        template: the class prompt when ``templates`` is not given.
+        templates: templates and class descriptions files (:func:`class_text_features`).
+        pooling: how a class's templates and descriptions pool (``"texts"`` or ``"groups"``).
+    """
+
+    query_trainable = False
+
+    def __init__(self, clip: nn.Module, classnames: Sequence[str], tokenizer: Callable,
+                 template: str = "a photo of a {}.", templates: Sequence | None = None, pooling: str = "texts") -> None:
+        super().__init__(clip)
+        self.tokenizer, self.pooling = tokenizer, pooling
+        self.templates = list(templates) if templates else [template]
+        self.set_classnames(classnames)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The per-class shift only."""
+        return {"shift": self.shift}
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """New prototypes and a zero shift for a new class list (build the method after it)."""
+        feats = class_text_features(self.clip, self.tokenizer, classnames, self.templates, self.pooling)
+        self.classnames = list(classnames)
+        self.register_buffer("prototypes", feats, persistent=False)
+        self.shift = nn.Parameter(torch.zeros_like(feats))
+
+    def class_features(self) -> Tensor:
+        """``normalize(P + shift)``: ``[C, D]`` (with grad through the shift)."""
+        return F.normalize(self.prototypes + self.shift, dim=-1)

@@ -59,10 +59,15 @@ def preflight(cfg: dict) -> list[str]:
     return checkpoint_problems(cfg) + weight_problems(extra)
 
 
+def _method_label(method: str, metrics: dict) -> str:
+    """The method's name, marked when its result was tuned on the test labels (DMN's official weight search)."""
+    return f"{method} ({metrics['tuning']})" if metrics.get("tuning") else method
+
+
 def report(u: cli.Unit, summary: dict) -> str:
     m = summary["metrics"]
-    return (f"{u.cfg['method']} {u.name}: top1 {m.get('top1', float('nan')):.2f} top5 {m.get('top5', float('nan')):.2f} "
-            f"ECE {m.get('ece', float('nan')):.2f}")
+    return (f"{_method_label(u.cfg['method'], m)} {u.name}: top1 {m.get('top1', float('nan')):.2f} "
+            f"top5 {m.get('top5', float('nan')):.2f} ECE {m.get('ece', float('nan')):.2f}")
 
 
 def results_table(cfg: dict, results: dict[str, dict]) -> str:
@@ -72,7 +77,8 @@ def results_table(cfg: dict, results: dict[str, dict]) -> str:
     for name, r in results.items():
         m = r["metrics"]
         errors = f" ({r['errors']} errors)" if r["errors"] else ""
-        rows.append(f"| {r.get('label', name)} | {cfg['method']} | {cfg['policy']} | {r['n'] - r['errors']}{errors} | "
+        label = _method_label(cfg["method"], m)
+        rows.append(f"| {r.get('label', name)} | {label} | {cfg['policy']} | {r['n'] - r['errors']}{errors} | "
                     f"{m['top1']:.2f} | {m['top1_ci95_low']:.1f} - {m['top1_ci95_high']:.1f} | {m['top5']:.2f} | "
                     f"{m['ece']:.2f} | {r['time_per_sample_median'] or 0:.3f} |")
     return "\n".join(rows) + "\n"
@@ -81,7 +87,9 @@ def results_table(cfg: dict, results: dict[str, dict]) -> str:
 def finish(cfg: dict, results: dict[str, dict]) -> None:
     out = Path(cfg["run"]["out_dir"])
     (out / "results.json").write_text(
-        json.dumps({k: {x: v["metrics"].get(x) for x in ("top1", "top5", "ece")} for k, v in results.items()},
+        json.dumps({k: {**{x: v["metrics"].get(x) for x in ("top1", "top5", "ece")},
+                        **({"tuning": v["metrics"]["tuning"]} if v["metrics"].get("tuning") else {})}
+                    for k, v in results.items()},
                    indent=2))
     table = results_table(cfg, results)
     (out / "results.md").write_text(table)

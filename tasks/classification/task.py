@@ -20,10 +20,10 @@ from rlcf.reward import input_resolution
 from ..common.clip import build_clip, resolve_device
 from ..common.data import UserError
 from ..common.clip import build_reward as build_reward_models
-from .datasets import build_dataset, canonical_id
+from .datasets import build_dataset, canonical_id, resolve_templates
 from .datasets.fewshot import BUILDERS as FINE_GRAINED
 from .metrics import classification_metrics
-from .policies import EncoderPolicy, PromptPolicy, class_prompts, context_of_template
+from .policies import EncoderPolicy, PromptPolicy, PrototypePolicy, class_prompts, context_of_template
 from .views import ViewTransform
 
 logger = logging.getLogger(__name__)
@@ -33,16 +33,19 @@ __all__ = ["DEFAULTS", "ClassificationTask", "build_clip", "build_policy", "buil
 
 DEFAULTS: dict[str, Any] = {
     "method": "rlcf",
-    "policy": "prompt",                       # prompt | encoder
+    "policy": "prompt",                       # prompt | encoder | prototype
     "model": {"arch": "ViT-B-16", "pretrained": "${PRETRAINED:-pretrained}/clip/ViT-B-16.pt", "config_file": None},
     "reward": {"arch": "ViT-L-14", "pretrained": "${PRETRAINED:-pretrained}/clip/ViT-L-14.pt", "config_file": None,
                "weight": 2.5, "ensemble": None},   # ensemble: list of {arch, pretrained, config_file, confidence}
     # set_id: a benchmark id (A, V, R, I, K, C/..., Caltech101, ...), world/<split>, or your own data: folder
     # (root = <folder>/<class>/*.jpg) or list (file = a CSV / JSONL of path,label); classnames: openai (CLIP's
     # curated ImageNet names; the folder names for `folder`), json, wordnet, or a names file / JSON map.
+    # templates: a name (single | coop | openai | simple), a template with "{}", or a class descriptions JSON
+    # ({"class": ["sentence", ...]}: CuPL, GPT descriptors); descriptions: such JSON file(s) added to whatever
+    # templates the set uses (per_set templates of the paper configs included)
     "data": {"set_id": "A", "root": "${DATA_ROOT:-data}", "classnames": "openai", "templates": "single", "strict": True,
              "exclude": None,    # exclude: drop images whose file name contains this substring (TDA's quirk)
-             "file": None},
+             "file": None, "descriptions": None},
     # augmix None = the official rule (fine-grained sets only); augmix_ops official (TPT's op set) | torchvision
     "views": {"n": 64, "augmix": None, "augmix_ops": "official", "resolution": None, "flip": True,
               "scale": [0.08, 1.0]},
@@ -50,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     # "<ctx_init> {}." with underscores as spaces. Official encoder tuning: "a_photo_of_a {}." (underscores kept).
     "prompt": {"n_ctx": 4, "ctx_init": "a photo of a", "coop": None, "text_chunk": None, "class_template": None},
     "encoder": {"norm_only": False, "ensemble": False},   # ensemble: average the dataset's templates
+    # the prototype policy (TPS): frozen towers, a learnable shift of cached class prototypes; pooling (with
+    # descriptions): texts (mean of every text) | groups (mean of the templates' mean and the descriptions' mean)
+    "prototype": {"ensemble": True, "pooling": "texts"},
     "adapt": {f.name: f.default for f in fields(AdaptConfig) if f.name != "options"} | {"options": {}},
     "run": {"out_dir": "output/classification", "workers": 2, "limit": None, "shuffle_seed": None, "seed": 0,
             "device": "auto", "save_logits": False, "allow_online_sharding": False, "shuffle": "python",
@@ -113,7 +119,11 @@ def build_policy(kind: str, clip, classnames, tokenizer, cfg: dict, templates=No
         return EncoderPolicy(clip, classnames, tokenizer, template=class_template(cfg),
                              norm_only=cfg["encoder"]["norm_only"],
                              templates=templates if cfg["encoder"]["ensemble"] else None)
-    raise ValueError(f"policy must be 'prompt' or 'encoder', got '{kind}'")
+    if kind == "prototype":
+        p = cfg["prototype"]
+        return PrototypePolicy(clip, classnames, tokenizer, template=class_template(cfg),
+                               templates=templates if p["ensemble"] else None, pooling=p["pooling"])
+    raise ValueError(f"policy must be 'prompt', 'encoder' or 'prototype', got '{kind}'")
 
 
 def class_template(cfg: dict) -> str:
@@ -153,6 +163,16 @@ def build_dataset_from_config(cfg: dict):
         ds.items = [it for it in ds.items if d["exclude"] not in it[0].rsplit("/", 1)[-1]]
         logger.info("%s: excluded %d of %d images whose name contains %r", d["set_id"], before - len(ds.items),
                     before, d["exclude"])
+    if d.get("descriptions"):   # class descriptions on top of the set's templates
+        files = [str(f) for f in (d["descriptions"] if isinstance(d["descriptions"], list) else [d["descriptions"]])]
+        bad = [f for f in files if not f.lower().endswith(".json")]
+        if bad:
+            raise UserError(f"data.descriptions: {bad[0]!r} is not a .json file of class descriptions "
+                            '({"class name": ["sentence", ...]})')
+        extra = resolve_templates(files)
+        for desc in extra:
+            desc.check(ds.classnames)
+        ds.templates = list(ds.templates) + extra
     return ds
 
 
@@ -231,9 +251,12 @@ class ClassificationTask:
                "precisions": self.precisions}
         if "mean_reward" in info:
             rec["mean_reward"] = info["mean_reward"]
+        rec.update(info.get("record", {}))   # a method's own per-sample fields (e.g. DMN's searched-weight votes)
         if self.save_logits:
             rec["logits"] = [round(x, 5) for x in logits.tolist()]
         return rec
 
     def summarize(self, records: list[dict]) -> dict:
-        return classification_metrics(records, len(self.dataset.classnames))
+        metrics = classification_metrics(records, len(self.dataset.classnames))
+        extra = getattr(self.method, "summarize_records", None)   # a method's own run-level step (DMN's search)
+        return extra(records, metrics) if extra is not None else metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -17,11 +18,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ClassificationDataset", "DatasetLayoutError", "IMAGE_EXTENSIONS", "NAME_SOURCES", "SINGLE_TEMPLATE",
            "Template", "is_stray", "list_images", "first_dir", "missing_error", "read_names_file", "names_from_file",
-           "resolve_templates"]
+           "resolve_templates", "ClassDescriptions", "TEMPLATE_NAMES"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 NAME_SOURCES: tuple[str, ...] = ("openai", "json", "dataset", "wordnet")
 SINGLE_TEMPLATE = "a photo of a {}."
+TEMPLATE_NAMES: tuple[str, ...] = ("single", "coop", "openai", "simple")
 _WNID = re.compile(r"^n\d{8}$")
 Template = str | Callable[[str], str]
 
@@ -119,15 +121,76 @@ def names_from_file(path: str | Path, n: int, keys: Sequence[str] | None = None,
     raise ValueError(f"'{path}' has {len(names)} names; expected {n}" + (" or 1000" if full else ""))
 
 
-def resolve_templates(templates: str | Sequence[Template], dataset_template: str = SINGLE_TEMPLATE) -> list[Template]:
-    """Prompt templates from a name or an explicit list.
+class ClassDescriptions:
+    """Extra class texts (CuPL's GPT-3 prompts, GPT-4 descriptors): a JSON file ``{"class name": ["sentence",
+    ...], ...}``, a template entry like the others (``data.templates=[simple, cupl.json]``): a class's text
+    features then average its templates' prompts and its sentences
+    (:func:`tasks.classification.policies.class_text_features`).
+
+    Keys are class names as the dataset spells them; a key with spaces also serves a name with underscores.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise MissingDataError(f"class descriptions file not found at '{p}'. Expected a JSON file "
+                                   '{"class name": ["a sentence about it", ...], ...} (e.g. CuPL\'s prompts)')
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"class descriptions file '{p}' is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, list) and v and all(isinstance(x, str) for x in v)
+                                                 for v in data.values()):
+            raise UserError(f"class descriptions file '{p}' must map each class name to a non-empty list of "
+                            "sentences")
+        self.path = str(p)
+        self.sentences: dict[str, list[str]] = {str(k): list(v) for k, v in data.items()}
+
+    def __repr__(self) -> str:
+        return f"ClassDescriptions('{self.path}', {len(self.sentences)} classes)"
+
+    def _key(self, classname: str) -> str | None:
+        for k in (classname, classname.replace("_", " ")):
+            if k in self.sentences:
+                return k
+        return None
+
+    def __call__(self, classname: str) -> list[str]:
+        """The sentences of ``classname``."""
+        key = self._key(classname)
+        if key is None:
+            self.check([classname])
+        return self.sentences[key]
+
+    def check(self, classnames: Sequence[str]) -> None:
+        """Every class has sentences, else one error naming the file and the missing classes."""
+        missing = [c for c in classnames if self._key(c) is None]
+        if missing:
+            raise UserError(f"class descriptions file '{self.path}' has no sentences for {len(missing)} of the "
+                            f"{len(classnames)} classes, e.g. {missing[:3]}; its keys must be the dataset's class "
+                            "names (data.classnames)")
+
+
+def _is_descriptions_file(entry: str) -> bool:
+    return entry.lower().endswith(".json") and "{}" not in entry
+
+
+def resolve_templates(templates: str | Sequence[Template | ClassDescriptions],
+                      dataset_template: str = SINGLE_TEMPLATE) -> list[Template | ClassDescriptions]:
+    """Prompt templates from a name or a list.
 
     ``"single"``: ``["a photo of a {}."]`` (TPT/RLCF); ``"coop"``: the dataset's CoOp sentence
     (e.g. ``"a photo of a {}, a type of pet."``); ``"openai"`` / ``"simple"``: open_clip's 80 / 7 ImageNet
-    templates (as format strings); a string containing ``{}`` is a single template; a sequence is used as is.
+    templates (as format strings); a path ending in ``.json``: a :class:`ClassDescriptions` file (CuPL prompts,
+    GPT descriptors); a string containing ``{}`` is a single template. A list may mix all of these (names and
+    files are expanded, templates and callables kept as they are), e.g. ``["simple", "cupl_imagenet.json"]``.
     """
     if not isinstance(templates, str):
-        return list(templates)
+        out: list[Template | ClassDescriptions] = []
+        for t in templates:
+            named = isinstance(t, str) and (t.lower() in TEMPLATE_NAMES or _is_descriptions_file(t))
+            out += resolve_templates(t, dataset_template) if named else [t]
+        return out
     key = templates.lower()
     if key == "single":
         return [SINGLE_TEMPLATE]
@@ -138,10 +201,12 @@ def resolve_templates(templates: str | Sequence[Template], dataset_template: str
         fns = meta.OPENAI_IMAGENET_TEMPLATES if key == "openai" else meta.SIMPLE_IMAGENET_TEMPLATES
         # open_clip's templates are lambdas (f-strings): turn them into picklable format strings.
         return [t if isinstance(t, str) else t("{}") for t in fns]
+    if _is_descriptions_file(templates):
+        return [ClassDescriptions(templates)]
     if "{}" in templates:
         return [templates]
     raise ValueError(f"unknown templates {templates!r}: use 'single', 'coop', 'openai', 'simple', "
-                     "a format string with '{}', or a list of templates")
+                     "a format string with '{}', a class descriptions file (.json), or a list of these")
 
 
 # ----------------------------------------------------------------------------- ImageNet metadata (timm)
