@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import rlcf  # noqa: E402
 from tasks.methods import load_all  # noqa: E402
-from tasks.classification.policies import EncoderPolicy, PromptPolicy, class_prompts  # noqa: E402
+from tasks.classification.policies import EncoderPolicy, PromptPolicy, PrototypePolicy, class_prompts  # noqa: E402
 from tasks.common.clip import load_clip  # noqa: E402
 from phases import profile_phases, sync  # noqa: E402
 
@@ -47,8 +47,14 @@ OFFICIAL: dict[str, list[tuple[str, dict]]] = {
     "kd": [("encoder", dict(steps=3, lr=1e-5, train_mode=True))],
     "zero_vote": [("encoder", dict(selection=0.3))],
     "tda": [("encoder", {})],
+    "mta": [("encoder", {})],
+    "tps": [("prototype", dict(steps=1, lr=5e-3, weight_decay=0.01))],
+    "dmn": [("encoder", {})],
+    "dpe": [("encoder", {})],
+    "boostadapter": [("encoder", {})],
 }
-POLICIES = ("prompt", "encoder")
+POLICIES = ("prompt", "encoder", "prototype")
+POLICY_CLASSES = {"prompt": PromptPolicy, "encoder": EncoderPolicy, "prototype": PrototypePolicy}
 
 
 def method_rows() -> list[tuple[str, str | None, dict]]:
@@ -138,8 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cls = rlcf.get_method(mname)
             kinds = [kind] if kind else POLICIES
             for kind in kinds:
-                policy = (PromptPolicy(policy_clip, classnames, tok) if kind == "prompt"
-                          else EncoderPolicy(policy_clip, classnames, tok)).to(device)
+                policy = POLICY_CLASSES[kind](policy_clip, classnames, tok).to(device)
                 if cls.supports(policy):
                     break
             method = rlcf.create_method(mname, policy, reward if cls.needs_reward else None, amp=args.amp, **over)
