@@ -29,6 +29,11 @@ PEER_ROWS = [
     ("ZERO", "zero.yaml"),
     ("TDA (online)", "tda.yaml"),
     ("KD from reward (encoder)", "kd-tune.yaml"),
+    ("MTA", "mta.yaml"),
+    ("TPS", "tps.yaml"),
+    ("DMN-ZS (online)", "dmn.yaml"),
+    ("DPE (online)", "dpe.yaml"),
+    ("BoostAdapter (online)", "boostadapter.yaml"),
 ]
 SPLITS = ["val", "v2", "sketch", "rendition", "adversarial"]
 OOD = ["v2", "sketch", "rendition", "adversarial"]

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "once the models are trained)")
     ap.add_argument("--seeds", default="0", help="world-model seeds, e.g. 0,1,2 (the README's table): each trains "
                     "its own policy and reward; the table is the mean and range over them")
-    ap.add_argument("--all-methods", action="store_true", help="also the peer methods (C-TPT, ZERO, TDA, KD, ensemble)")
+    ap.add_argument("--all-methods", action="store_true", help="also the peer methods (C-TPT, ZERO, TDA, KD, "
+                    "ensemble, MTA, TPS, DMN-ZS, DPE, BoostAdapter)")
     ap.add_argument("--limit", type=int, default=None, help="samples per split, a seeded random subset (default: "
                     "every sample; --quick: 60)")
     ap.add_argument("--out", default=None, help="results folder (default: output/demo; with --quick output/demo-quick, "

@@ -28,6 +28,9 @@ TUNE_GRID = {   # the world's text towers have CLIP's token scale (std 0.02): th
     "rlcf-prompt.yaml": [5e-4, 1e-3, 2e-3, 5e-3, 7e-3, 1e-2, 2e-2, 5e-2],
     "rlcf-tune.yaml": [3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
     "kd-tune.yaml": [3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3],
+    # TPS shifts unit-norm class prototypes (official 5e-3 / 1e-3); DPE's residuals likewise (official 5e-5 ... 6e-4)
+    "tps.yaml": [5e-4, 1e-3, 2e-3, 5e-3, 7e-3, 1e-2, 2e-2, 5e-2],
+    "dpe.yaml": [5e-5, 1e-4, 2e-4, 3e-4, 6e-4, 1e-3, 2e-3, 5e-3],
 }
 DEV_SPLITS = ("dev", "dev_shift")
 TIE = 0.5
