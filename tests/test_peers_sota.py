@@ -219,6 +219,7 @@ def test_dmn_test_label_search_is_opt_in_and_labelled():
         per_w.append(np.mean([int(o.argmax()) == r["label"] for o, r in zip(outs, records)]) * 100)
     m = method.summarize_records(records, {"top1": -1.0})
     assert m["top1"] == pytest.approx(max(per_w)) and m["tuning"] == TUNED_ON_TEST_LABELS
+    assert m["top1_ci95_low"] <= m["top1"] <= m["top1_ci95_high"]                 # the CI of the searched predictions
     assert m["searched_fusion_weight"] == OFFICIAL_WEIGHT_GRID[int(np.argmax(per_w))] and m["top1_fixed_weight"] == -1.0
 
 

@@ -11,6 +11,8 @@ from torch import Tensor
 
 from rlcf import AdaptConfig, DiscretePolicy, Episode, Method, register_method
 
+from ..common.metrics import bootstrap_ci
+
 __all__ = ["DMN", "DMNOptions", "DMNMemory", "dmn_readout", "TUNED_ON_TEST_LABELS", "OFFICIAL_WEIGHT_GRID"]
 
 #: what every record, summary and table made with the test-label weight search says
@@ -148,14 +150,16 @@ class DMN(Method):
         return torch.log(fused.clamp_min(1e-30))
 
     def summarize_records(self, records: list[dict], metrics: dict) -> dict:
-        """With ``search_weights_on_test_labels``: the official post-hoc search, ``top1`` of the best grid weight
-        (the first best, as the official loop), marked "tuned on test labels"; the fixed weight's stays as
-        ``top1_fixed_weight``. Else ``metrics`` unchanged."""
+        """With ``search_weights_on_test_labels``: the official post-hoc search, ``top1`` (and its bootstrap CI) of the
+        best grid weight (the first best, as the official loop), marked "tuned on test labels"; the fixed weight's
+        stays as ``top1_fixed_weight``. Else ``metrics`` unchanged."""
         if not self.options.search_weights_on_test_labels:
             return metrics
         labels = np.array([r["label"] for r in records])
         preds = np.array([r["weight_grid_preds"] for r in records])                # [N, grid]
-        acc = (preds == labels[:, None]).mean(0) * 100
-        best = int(np.argmax(acc))
-        return {**metrics, "top1_fixed_weight": metrics["top1"], "top1": float(acc[best]),
+        correct = (preds == labels[:, None]) * 100.0
+        best = int(np.argmax(correct.mean(0)))
+        lo, hi = bootstrap_ci(correct[:, best])
+        return {**metrics, "top1_fixed_weight": metrics["top1"], "top1": float(correct[:, best].mean()),
+                "top1_ci95_low": lo, "top1_ci95_high": hi,
                 "searched_fusion_weight": float(self.options.weight_grid[best]), "tuning": TUNED_ON_TEST_LABELS}
