@@ -87,10 +87,12 @@ def test_tps_dmn_mta_settings():
         assert o["search_weights_on_test_labels"] is False                       # never by default
         assert one["views"]["n"] == 32 and one["views"]["augmix"] is None and one["adapt"]["selection"] == 0.1
         assert one["data"]["templates"] == ("simple" if len(set_id) == 1 else dmn_text.get(set_id, "coop")), set_id
+        assert (one["run"]["shuffle"], one["run"]["shuffle_seed"]) == ("torch_loader", 0)   # set_random_seed(0)
     mta = load_config(DEFAULTS, CLS / "mta.yaml")
     assert mta["views"] == {**mta["views"], "n": 64, "augmix": False}              # never AugMix (no --tpt)
     assert mta["adapt"]["options"] == {"lambda_y": 0.2, "lambda_q": 4.0, "max_iter": 5, "tol": 1e-6, "knn": 0.3}
     assert mta["data"]["templates"] == "single" and mta["adapt"]["steps"] == 0
+    assert mta["run"]["seed"] == 1 and tps["run"]["seed"] == 1234                  # the README commands' seeds
 
 
 def test_world_rows_and_tuning_grids():
