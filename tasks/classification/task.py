@@ -73,12 +73,16 @@ def meanings() -> dict[str, str]:
     from ..common.config import dataclass_meanings
 
     return {**COMMON_MEANINGS, **dataclass_meanings(AdaptConfig, "adapt"),
-            "policy": "what adapts: prompt (the prompt context, CoOp-style) | encoder (the image encoder)",
+            "policy": "what adapts: prompt (the prompt context, CoOp-style) | encoder (the image encoder) | prototype "
+                      "(a per-class shift of cached class prototypes, TPS)",
             "data.set_id": "A, V, R, I, K, C/<corruption>/<level>, a fine-grained set (Caltech101, DTD, ...), "
                            "world/<split>, folder (data.root/<class>/*.jpg) or list (data.file); A/V/R: several",
             "data.root": "the datasets' root folder ($DATA_ROOT), or the image folder of set_id=folder",
             "data.classnames": "openai (CLIP's curated names; folder names for folder) | json | wordnet | a names file",
-            "data.templates": "prompt templates of the zero-shot text: single | coop | openai | simple | a list",
+            "data.templates": "prompt templates of the zero-shot text: single | coop | openai | simple | a list | a "
+                              "class descriptions JSON (class -> sentences: CuPL, GPT descriptors)",
+            "data.descriptions": "class descriptions JSON file(s) (class -> sentences) added to the set's templates "
+                                 "(with encoder.ensemble=true or policy=prototype)",
             "data.strict": "every listed image must exist (false: missing ones are dropped with a warning)",
             "data.exclude": "drop images whose file name contains this text (official TDA drops \"sh\")",
             "data.file": "set_id=list: a CSV / JSONL of path,label rows",
@@ -96,6 +100,9 @@ def meanings() -> dict[str, str]:
                                      "\"<ctx_init> {}.\"",
             "encoder.norm_only": "encoder policy: tune the LayerNorm / BatchNorm parameters only",
             "encoder.ensemble": "encoder policy: average the dataset's templates for the classifier",
+            "prototype.ensemble": "prototype policy: the prototypes average the dataset's templates (false: one)",
+            "prototype.pooling": "with class descriptions: texts (mean of every text) | groups (mean of the templates' "
+                                 "and the descriptions' means: TPS's micro)",
             "per_set": "{set-id pattern: config deltas} applied to each set of data.set_id (per-dataset values)"}
 
 
