@@ -42,7 +42,7 @@ def good(tmp_path_factory) -> dict:
     out["opt"] = opt_folder(root / "opt")
     out["ckpt"] = captioner_checkpoint(root / "captioner.pt", out["opt"], prefix_dim=32)
     rng = np.random.default_rng(0)
-    rows, caps, ann = ["path,caption"], [], []
+    rows, ann = ["path,caption"], []
     for c, name in enumerate(("cat", "dog")):
         (root / "imgs" / name).mkdir(parents=True)
         for i in range(2):
@@ -182,7 +182,6 @@ def test_a_damaged_weight_file_is_one_line_before_any_model_loads(good, tmp_path
     src = _source(good, kind, tmp_path)
     bad = (truncated if how == "truncated" else corrupt)(src, tmp_path / f"{how}-{src.name}")
     argv = TASKS[task][0](good, tmp_path, kind, bad)
-    t0 = time.perf_counter()
     rc = rlcf_main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -199,7 +198,7 @@ def test_a_damaged_weight_file_is_one_line_before_any_model_loads(good, tmp_path
     assert ("truncated" in err) if how == "truncated" else ("damaged:" in err or "not a PyTorch" in err or
                                                            "truncated or damaged" in err), err
     assert "Get it again: " in err, err                                         # how to get it again
-    assert no_model_loads == [] and time.perf_counter() - t0 < 30
+    assert no_model_loads == []
 
 
 def test_probe_reads_structure_not_tensors(tmp_path):

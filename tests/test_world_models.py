@@ -154,7 +154,7 @@ def test_augment_p_mixes_clean_and_augmented_images(tmp_path, world, monkeypatch
     tokens = tok([c for cs in caps for c in cs]).view(len(caps), 5, -1)
     seen = []
     real = tr.augment_batch
-    monkeypatch.setattr(tr, "augment_batch", lambda x, g, kind, flip=True: seen.append(x) or real(x, g, kind, flip=flip))
+    monkeypatch.setattr(tr, "augment_batch", lambda x, g, kind, flip=True, **kw: seen.append(x) or real(x, g, kind, flip=flip, **kw))
     losses = {}
     for p in (1.0, 0.5):
         torch.manual_seed(0)
