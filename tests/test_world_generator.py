@@ -18,7 +18,7 @@ from tasks.world.splits import (WorldConfig, build_world_dataset, materialize_sp
 
 torch.set_num_threads(2)
 
-TINY = {"train": 64, "train_extra": 32, "dev": 16, "val": 16, "v2": 12, "sketch": 12, "rendition": 12,
+TINY = {"train": 64, "train_extra": 32, "dev": 16, "dev_shift": 12, "val": 16, "v2": 12, "sketch": 12, "rendition": 12,
         "adversarial": 6, "corrupt": 12}
 
 
@@ -152,6 +152,22 @@ def test_splits_styles(tmp_path) -> None:
     assert {m["style"] for m in sk.meta} == {"sketch"}
     cor = build_world_dataset("corrupt", root=tmp_path, world=world)
     assert {m["corruption"] for m in cor.meta} == set(CORRUPTIONS)
+
+
+def test_the_shifted_dev_split_uses_families_no_test_split_uses(tmp_path) -> None:
+    from tasks.world.generator import DEV_SHIFT_STYLES
+    from tasks.world.splits import RENDITION_STYLES
+
+    world = tiny_world()
+    dev = build_world_dataset("dev_shift", root=tmp_path, world=world)
+    assert {m["style"] for m in dev.meta} == set(DEV_SHIFT_STYLES) == {"silhouette", "halftone", "warp"}
+    assert not set(DEV_SHIFT_STYLES) & (set(RENDITION_STYLES) | {"photo", "sketch"})
+    assert sorted(m["label"] for m in dev.meta) == sorted(i % 32 for i in range(12))        # class-balanced
+    sil = make_sample(0, "x", 0, style="silhouette").image.astype(int)
+    assert np.abs(sil - sil.mean(-1, keepdims=True)).max() < 30                             # no colour
+    photo = make_sample(0, "x", 0).image
+    for style in ("halftone", "warp"):                       # the same scene, transformed: not the photo itself
+        assert make_sample(0, "x", 0, style=style).image.tobytes() != photo.tobytes()
 
 
 def test_adversarial_is_filtered(tmp_path) -> None:

@@ -41,7 +41,7 @@ _COUNT_WORD = {1: "a", 2: "two", 3: "three"}
 class SceneRanges:
     """Parameter ranges of scene sampling (``v2`` shifts them slightly)."""
     rotation_deg: float = 20.0
-    radius_scale: float = 1.0
+    radius_scale: float = 0.8
     aspect_jitter: float = 0.0
     colour_jitter: float = 14.0
     count_probs: tuple[float, float, float] = (0.8, 0.14, 0.06)

@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["WORLD_VERSION", "WorldConfig", "WorldDataset", "SPLITS", "EVAL_SPLITS", "OOD_SPLITS",
            "build_world_dataset", "materialize_split", "load_split_tensors", "world_dir", "TEMPLATES"]
 
-WORLD_VERSION = "v1"
+WORLD_VERSION = "v2"
 SPLITS = ("train", "train_extra", "dev", "dev_shift", "val", "v2", "sketch", "rendition", "adversarial", "corrupt")
 EVAL_SPLITS = ("dev", "dev_shift", "val", "v2", "sketch", "rendition", "adversarial", "corrupt")
 OOD_SPLITS = ("v2", "sketch", "rendition", "adversarial")
@@ -67,8 +67,8 @@ _BALANCED = ("dev", "dev_shift", "val", "v2", "sketch", "rendition", "corrupt")
 
 
 def _default_sizes() -> dict[str, int]:
-    return {"train": 10000, "train_extra": 10000, "dev": 640, "dev_shift": 480, "val": 960, "v2": 480, "sketch": 480,
-            "rendition": 480, "adversarial": 480, "corrupt": 480}
+    return {"train": 10000, "train_extra": 10000, "dev": 640, "dev_shift": 480, "val": 480, "v2": 240, "sketch": 240,
+            "rendition": 240, "adversarial": 240, "corrupt": 240}
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,10 @@ class WorldConfig:
     n_captions: int = 5
     sizes: dict[str, int] = field(default_factory=_default_sizes)
     ranges: SceneRanges = SceneRanges()
-    v2_ranges: SceneRanges = SceneRanges(rotation_deg=30.0, radius_scale=0.9, aspect_jitter=0.1,
-                                         colour_jitter=24.0, count_probs=(0.7, 0.2, 0.1), shading=40.0,
-                                         bg_gradient=30.0, noise=5.0)
-    adversarial_hardness: int = 2
+    v2_ranges: SceneRanges = SceneRanges(rotation_deg=25.0, radius_scale=0.76, aspect_jitter=0.08,
+                                         colour_jitter=20.0, count_probs=(0.75, 0.17, 0.08), shading=35.0,
+                                         bg_gradient=25.0, noise=4.0)
+    adversarial_hardness: int = 1
     adversarial_max_candidates: int = 40  # per kept sample
     filter_model: str = "World-Filter-RN"
     filter_steps: int = 400
