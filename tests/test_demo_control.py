@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tasks import demo
-from tasks.demo.control import NEGATED, markdown, paired_difference
+from tasks.demo.control import NEGATED, control_ci, markdown, paired_difference
 from tasks.demo.tune import choose
 
 
@@ -50,7 +50,34 @@ def test_the_main_job_runs_its_negative_control_and_reports_it(tmp_path, monkeyp
         assert all(max(r["mean_reward"]) <= 0 for r in recs)      # CLIPScore x -2.5, every step
         assert all(min(r["mean_reward"]) >= 0 for r in main)
     assert 0.0 <= c["changed"] <= 100.0 and c["changed_n"] == 3 * len(ood)
+    # the true class's probability, paired on the same samples, from each record's label_prob
+    pairs = []
+    for split in ood:
+        main = {r["index"]: r for f in (out / "rlcf-tune" / split).glob("records-*.jsonl")
+                for r in map(json.loads, f.read_text().splitlines())}
+        for f in (out / "control" / split).glob("records-*.jsonl"):
+            for r in map(json.loads, f.read_text().splitlines()):
+                pairs.append((main[r["index"]]["label_prob"], r["label_prob"]))
+    assert c["prob"]["n"] == len(pairs) == c["n"]
+    assert c["prob"]["diff"] == pytest.approx(100 * float(np.mean([a - b for a, b in pairs])))
+    assert c["prob"]["working"] == pytest.approx(100 * float(np.mean([a for a, _ in pairs])))
+    assert control_ci(c) == ("true-class probability", c["prob"]["ci95"])
+    assert control_ci({k: v for k, v in c.items() if k != "prob"}) == ("top-1", c["ci95"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["control"] == json.loads(json.dumps(c))
     assert "Negative control (6 OOD samples, 2 per split)" in (out / "results.md").read_text()
     assert markdown(c).startswith("Negative control")
+
+
+def test_a_record_carries_the_prediction_s_probability_of_the_true_class():
+    from types import SimpleNamespace
+
+    import torch
+
+    from tasks.classification.task import ClassificationTask
+
+    me = SimpleNamespace(method=SimpleNamespace(precision="fp32"), precisions={}, save_logits=False)
+    logits = torch.tensor([2.0, 0.5, -1.0, 1.0])
+    rec = ClassificationTask._record(me, 3, logits, {})
+    assert rec["pred"] == 0 and rec["label_prob"] == pytest.approx(float(torch.softmax(logits, -1)[3]))
+    assert "label_prob" not in ClassificationTask._record(me, -1, logits, {})   # no label: nothing to score

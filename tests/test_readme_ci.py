@@ -40,11 +40,17 @@ def test_main_job_check_catches_missing_cells_and_error_records(tmp_path):
     control = {"diff": 6.0, "ci95": [2.5, 9.6], "n": 240, "changed": 8.0}
     good = {"splits": ["val"], "rows": {"RLCF": {"val": cell, "ood_avg": {"top1": 40.0}}}, "control": control}
     r = check(good, ['{"index": 0, "pred": 1}'])
-    assert r.returncode == 0 and "negative control: working - broken RLCF +6.0 points" in r.stdout
+    assert r.returncode == 0 and "negative control: working - broken RLCF +6.0 top-1 points" in r.stdout
     for broken, says in (({"ci95": [-0.4, 9.6]}, "cannot tell a working RLCF"), ({"n": 120}, "on 120 samples"),
                          ({"changed": 3.0}, "changed only 3.0 %")):
         r = check({**good, "control": {**control, **broken}}, ['{"index": 0, "pred": 1}'])
         assert r.returncode == 1 and says in r.stderr, r.stderr
+    # with the true-class probabilities, their CI decides (every sample counts); top-1's is only reported
+    prob = {"diff": 1.2, "ci95": [0.4, 2.0], "n": 240, "working": 30.0, "broken": 28.8}
+    r = check({**good, "control": {**control, "ci95": [-0.4, 9.6], "prob": prob}}, ['{"index": 0, "pred": 1}'])
+    assert r.returncode == 0 and "+1.20 true-class probability points (+0.40 to +2.00)" in r.stdout, r.stderr
+    r = check({**good, "control": {**control, "prob": {**prob, "ci95": [-0.1, 2.0]}}}, ['{"index": 0, "pred": 1}'])
+    assert r.returncode == 1 and "in true-class probability +1.20 points" in r.stderr, r.stderr
     r = check({k: v for k, v in good.items() if k != "control"}, ['{"index": 0, "pred": 1}'])
     assert r.returncode == 1 and "no negative control" in r.stderr
     missing = {"splits": ["val", "v2"], "rows": {"RLCF": {"val": cell, "ood_avg": {"top1": 40.0}}}, "control": control}

@@ -256,6 +256,8 @@ class ClassificationTask:
         rec = {"label": label, "pred": top5[0], "top5": top5, "confidence": float(probs.max()),
                "flags": info.get("flags", []), "losses": info.get("losses", []), "precision": self.method.precision,
                "precisions": self.precisions}
+        if 0 <= label < probs.shape[-1]:
+            rec["label_prob"] = float(probs[label])   # the prediction's probability of the true class
         if "mean_reward" in info:
             rec["mean_reward"] = info["mean_reward"]
         rec.update(info.get("record", {}))   # a method's own per-sample fields (e.g. DMN's searched-weight votes)

@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "every sample; --quick: 60)")
     ap.add_argument("--out", default=None, help="results folder (default: output/demo; with --quick output/demo-quick, "
                     "so that a quick look never discards the records of the full run)")
-    ap.add_argument("--control", type=int, default=60, help="samples per shifted split of the negative control: RLCF "
-                    "(encoder) with the reward negated, paired with the working one (0: none; default 60)")
+    ap.add_argument("--control", type=int, default=240, help="samples per shifted split of the negative control: "
+                    "RLCF (encoder) with the reward negated, paired with the working one (0: none; default 240, every "
+                    "sample of the world's shifted splits)")
     ap.add_argument("--tune", action="store_true", help="learning-rate sweep on the dev and dev_shift splits only "
                     "(the rule: tasks/demo/tune.py; seed-0 models unless --seeds)")
     ap.add_argument("--tune-only", default="", help="with --tune: comma-separated configs, e.g. rlcf-tune,tpt-prompt")
