@@ -28,7 +28,7 @@ setup(
     ],
     entry_points={"console_scripts": ["rlcf = tasks.command:console"]},
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist"],   # -n 2: the tests on both cores
         "caption": ["pycocoevalcap"],
     },
 )

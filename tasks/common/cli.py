@@ -97,7 +97,7 @@ def clip_meanings(side: str, what: str) -> dict[str, str]:
 
 #: the one-line meaning of the config keys every task shares (``--help``)
 COMMON_MEANINGS: dict[str, str] = {
-    "method": "the adaptation method (`rlcf methods` lists them: zeroshot, tpt, rlcf, ctpt, zero, tda, kd)",
+    "method": "the adaptation method (`rlcf methods` lists them with their kind)",
     **clip_meanings("model", "the policy CLIP"), **clip_meanings("reward", "the reward CLIP"),
     "reward.weight": "CLIPScore weight w: reward = w * max(cos, 0)",
     "reward.ensemble": "RLCF-S: a list of {arch, pretrained, config_file, confidence} reward CLIPs",
