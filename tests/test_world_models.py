@@ -10,6 +10,7 @@ import torch
 
 from tasks.world.models import (ModelSpec, checkpoint_is_valid, checkpoint_paths, ensure_world_model, share,
                                 load_world_clip, model_specs, register_world_models)
+import tasks.world.models as wm
 from tasks.world.splits import WorldConfig, load_split_tensors
 from tasks.world.train import TrainConfig, init_for_short_training, normalize, train_clip, zero_shot_accuracy
 
@@ -244,11 +245,10 @@ def test_a_run_left_on_the_initial_plateau_restarts_with_the_next_seed(tmp_path,
     side = json.loads(open(rec["sidecar"]).read())
     assert side["plateau_restarts"] == [] and side["train_seed_used"] == steps.seed
     always = replace(base, train=steps, plateau=(3, -1.0))       # no loss is below -1: every seed is "stuck"
-    with pytest.raises(RuntimeError, match="plateau for 4 seeds"):
+    with pytest.raises(RuntimeError, match=f"plateau for {wm.MAX_TRIES} seeds"):
         ensure_world_model("policy", tmp_path / "b", tmp_path / "d", world, spec=always, progress=False)
     # a real training loss decides: a threshold between the first seed's loss and a lower one restarts once
     first = json.loads(open(rec["sidecar"]).read())["loss_curve"]
-    import tasks.world.models as wm
 
     calls = []
     real = wm._plateau_check
