@@ -152,3 +152,17 @@ def test_the_command_prints_the_table_and_equals_a_direct_computation(folder, ca
     # resumed: a second call reads the records and computes nothing new
     assert rlcf_main(argv) == 0
     assert json.loads((out / "diagnose.json").read_text())["folder"] == stats
+
+
+def test_run_limit_takes_every_class_in_turn(folder, capsys):
+    """The folder is class-sorted (3 cats, 3 dogs, 3 frogs): run.limit=3 takes one of each, not the first 3 cats."""
+    cfg = FIXTURES / "RLCF-Tiny-Test.json"
+    out = folder / "out-limit"
+    argv = ["diagnose", "data.set_id=folder", f"data.root={folder / 'data'}", "policy=encoder",
+            "model.arch=RLCF-Tiny-Test", f"model.pretrained={folder / 'policy.pt'}", f"model.config_file={cfg}",
+            "reward.arch=RLCF-Tiny-Test", f"reward.pretrained={folder / 'reward.pt'}", f"reward.config_file={cfg}",
+            "prompt.class_template=a photo of a {}.", "views.n=4", "run.limit=3",
+            "run.workers=0", "run.device=cpu", f"run.out_dir={out}"]
+    assert rlcf_main(argv) == 0
+    recs = [json.loads(line) for f in (out / "folder").glob("records-*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(r["label"] for r in recs) == [0, 1, 2]

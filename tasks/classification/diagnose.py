@@ -187,6 +187,10 @@ class DiagnoseTask:
         return cls(policy, reward, dataset, views, int(cfg["adapt"]["k"]), float(cfg["adapt"]["selection"]),
                    seed=cfg["run"]["seed"])
 
+    def strata(self) -> list[int]:
+        """The class of every sample: ``run.limit`` takes a class-stratified subset, as a classification run does."""
+        return [int(y) for _, y in self.dataset.items]
+
     def __len__(self) -> int:
         return len(self.dataset)
 
