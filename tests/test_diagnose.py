@@ -116,14 +116,18 @@ def folder(tmp_path_factory) -> Path:
     return root
 
 
-def test_the_command_prints_the_table_and_equals_a_direct_computation(folder, capsys):
+def _argv(folder: Path, out: Path, *extra: str) -> list[str]:
+    """``rlcf diagnose`` on the fixture folder with the tiny policy and reward."""
     cfg = FIXTURES / "RLCF-Tiny-Test.json"
-    out = folder / "out"
-    argv = ["diagnose", "data.set_id=folder", f"data.root={folder / 'data'}", "policy=encoder",
+    return ["diagnose", "data.set_id=folder", f"data.root={folder / 'data'}", "policy=encoder",
             "model.arch=RLCF-Tiny-Test", f"model.pretrained={folder / 'policy.pt'}", f"model.config_file={cfg}",
             "reward.arch=RLCF-Tiny-Test", f"reward.pretrained={folder / 'reward.pt'}", f"reward.config_file={cfg}",
-            "prompt.class_template=a photo of a {}.", "views.n=8", "adapt.k=2", "adapt.selection=0.25",
-            "run.workers=0", "run.device=cpu", f"run.out_dir={out}"]
+            "prompt.class_template=a photo of a {}.", "run.workers=0", "run.device=cpu", f"run.out_dir={out}", *extra]
+
+
+def test_the_command_prints_the_table_and_equals_a_direct_computation(folder, capsys):
+    out = folder / "out"
+    argv = _argv(folder, out, "views.n=8", "adapt.k=2", "adapt.selection=0.25")
     assert rlcf_main(argv) == 0
     printed = capsys.readouterr().out
     assert "| measure | folder (n=9) |" in printed and "\nreading: " in printed
@@ -156,13 +160,7 @@ def test_the_command_prints_the_table_and_equals_a_direct_computation(folder, ca
 
 def test_run_limit_takes_every_class_in_turn(folder, capsys):
     """The folder is class-sorted (3 cats, 3 dogs, 3 frogs): run.limit=3 takes one of each, not the first 3 cats."""
-    cfg = FIXTURES / "RLCF-Tiny-Test.json"
     out = folder / "out-limit"
-    argv = ["diagnose", "data.set_id=folder", f"data.root={folder / 'data'}", "policy=encoder",
-            "model.arch=RLCF-Tiny-Test", f"model.pretrained={folder / 'policy.pt'}", f"model.config_file={cfg}",
-            "reward.arch=RLCF-Tiny-Test", f"reward.pretrained={folder / 'reward.pt'}", f"reward.config_file={cfg}",
-            "prompt.class_template=a photo of a {}.", "views.n=4", "run.limit=3",
-            "run.workers=0", "run.device=cpu", f"run.out_dir={out}"]
-    assert rlcf_main(argv) == 0
+    assert rlcf_main(_argv(folder, out, "views.n=4", "run.limit=3")) == 0
     recs = [json.loads(line) for f in (out / "folder").glob("records-*.jsonl") for line in f.read_text().splitlines()]
     assert sorted(r["label"] for r in recs) == [0, 1, 2]
