@@ -133,6 +133,16 @@ class _LazyImages:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The main job (``python -m tasks.demo --help``); the runner's log level is restored when it returns."""
+    runner_log = logging.getLogger("tasks.common.runner")
+    level = runner_log.level
+    try:
+        return _main(argv)
+    finally:
+        runner_log.setLevel(level)
+
+
+def _main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="60 samples per split and 16 views (a look in ~2 min, "
                     "once the models are trained)")
@@ -169,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--seeds needs at least one seed, e.g. 0 or 0,1,2")
     args.world = not args.placeholder
     setup_logging(args.verbose)
+    if not args.verbose:   # the runner's per-cell lines (subset, shard, resumed) would bury the stages: --verbose
+        logging.getLogger("tasks.common.runner").setLevel(logging.WARNING)
     load_methods()
     t0 = time.time()
     init_distributed()   # under torchrun: the ranks share the world build, the training and the samples
