@@ -64,10 +64,10 @@ class ModelSpec:
 
     ``plateau``: ``(step, loss)``: a run whose mean training loss over the 50 steps before ``step`` is still above
     ``loss`` (the initial plateau, ~log(batch) = 4.16: the text tower has not yet told the class words apart) is
-    restarted with the next training seed (``seed + 1000``, at most :data:`MAX_TRIES`; recorded in the sidecar). Measured on
-    the reward's training seeds 2 / 12 / 22 / 32 / 42 (loss at step 400: 3.03 / 3.86 / 3.99 / 3.44 / 3.81): some
-    stay on it past step 1500 (dev 2.7 % after 2000 steps) with every warm-up, lr and the label-aware loss tried,
-    while seed 2 was at 2.8 by step 500. Checked at step 300: the runs that left it were below 3.85 by then
+    restarted with the next training seed (``seed + 1000``, at most :data:`MAX_TRIES`; recorded in the sidecar).
+    Measured on the reward's training seeds 2 / 12 / 22 / 32 / 42 (loss at step 400: 3.03 / 3.86 / 3.99 / 3.44 /
+    3.81): some stay on it past step 1500 (dev 2.7 % after 2000 steps) with every warm-up, lr and the label-aware
+    loss tried, while seed 2 was at 2.8 by step 500. Checked at step 300: the runs that left it were below 3.85 by then
     (3.62 / 3.72 / ~3.6 for the v2 world's teacher 2002, a 64-wide text tower and the policy), the stuck ones at
     3.9-4.0 still at step 400-600; a restart then costs 300 steps, not 500. The decision reads only the training
     loss.
@@ -260,7 +260,8 @@ def _train_world_model(spec: ModelSpec, world: WorldConfig, root: Path, data_roo
         except _Plateau as e:
             attempts.append({"seed": cfg.seed, "step": e.step, "loss": e.loss})
             if len(attempts) >= MAX_TRIES:
-                raise RuntimeError(f"{spec.name}: the loss stayed on its initial plateau for {MAX_TRIES} seeds {attempts}")
+                raise RuntimeError(f"{spec.name}: the loss stayed on its initial plateau for {MAX_TRIES} seeds "
+                                   f"{attempts}")
             logger.warning("%s (training seed %d): loss %.2f at step %d is still on the initial plateau (> %.2f): "
                            "restarting with training seed %d", spec.name, cfg.seed, e.loss, e.step, spec.plateau[1],
                            cfg.seed + 1000)
