@@ -34,7 +34,7 @@ def test_the_lr_rule_takes_the_best_mean_of_the_dev_splits_and_the_smaller_lr_on
     assert choose({1e-2: {"dev": 60.0, "dev_shift": 53.0}, 3e-3: scores[3e-3]}) == 1e-2   # 56.5 vs 55.5
 
 
-def test_the_main_job_runs_its_negative_control_and_reports_it(tmp_path, monkeypatch, caplog):
+def test_the_main_job_runs_its_negative_control_and_reports_it(tmp_path, monkeypatch, caplog, capsys):
     import logging
 
     monkeypatch.setenv("DATA_ROOT", str(tmp_path / "data"))
@@ -46,6 +46,7 @@ def test_the_main_job_runs_its_negative_control_and_reports_it(tmp_path, monkeyp
     assert any(r.name == "tasks.demo" and "stage:" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if r.name == "tasks.common.runner" and r.levelno < logging.WARNING]
     assert runner_log.level == before
+    assert markdown(results["control"]).rstrip() in capsys.readouterr().out   # the verdict on the console too
     c = results["control"]
     ood = results["ood"]
     assert c["n"] == 2 * len(ood) and c["per_split"] == 2 and c["override"] == NEGATED

@@ -229,6 +229,8 @@ def _main(argv: list[str] | None = None) -> dict:
         print(f"\nRLCF on the embedded world, seed {seed}: top-1 % (95% bootstrap CI); OOD avg = mean of "
               + ", ".join(ood))
         print(table.split("\n\nPer split")[0] if "\n\nPer split" in table else table)
+        if results.get("control"):   # the verdict CI checks, on the console too
+            print(control_markdown(results["control"]).rstrip())
         print(f"per split (paired gains, ECE, changed predictions): {seed_out}/results.md; "
               f"figures: results.png, examples.png")
     if rank != 0:
